@@ -1,0 +1,74 @@
+"""Errors raised by scope-router.
+
+Every error derives from :class:`ScopeError`; leaves also subclass the builtin a caller would expect::
+
+    ScopeError
+    ├── ConfigError (ValueError)              bad constructor or call arguments
+    ├── DataError (ValueError)                malformed outcome rows, price tables, files
+    ├── UnknownModelError (KeyError)          a model name the engine does not know
+    ├── NoAnchorDataError (LookupError)       a model has no recorded outcome in the store
+    ├── EmptyStoreError (LookupError)         the anchor store holds no anchors
+    ├── BudgetExceededError (RuntimeError)    no candidate fits the remaining budget or per-call cap
+    ├── StoreUnavailableError (ConnectionError)   the Chroma backend cannot be reached
+    ├── EstimatorUnavailableError (ConnectionError)  an estimator backend (vLLM) cannot be reached
+    └── EmbedderError (RuntimeError)          the embedding model could not be loaded or run
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BudgetExceededError",
+    "ConfigError",
+    "DataError",
+    "EmbedderError",
+    "EmptyStoreError",
+    "EstimatorUnavailableError",
+    "NoAnchorDataError",
+    "ScopeError",
+    "StoreUnavailableError",
+    "UnknownModelError",
+]
+
+
+class ScopeError(Exception):
+    """Root of every error raised by scope-router."""
+
+
+class ConfigError(ScopeError, ValueError):
+    """An argument or setting is invalid."""
+
+
+class DataError(ScopeError, ValueError):
+    """Input data (outcome rows, prices, files) is malformed."""
+
+
+class UnknownModelError(ScopeError, KeyError):
+    """A model name is not among the engine's model cards."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class NoAnchorDataError(ScopeError, LookupError):
+    """A model has no recorded outcome on any anchor, and no prior was configured."""
+
+
+class EmptyStoreError(ScopeError, LookupError):
+    """The anchor store holds no anchors to estimate from."""
+
+
+class BudgetExceededError(ScopeError, RuntimeError):
+    """No candidate fits the remaining budget or the per-call cost cap."""
+
+
+class StoreUnavailableError(ScopeError, ConnectionError):
+    """The anchor store backend (a Chroma server) cannot be reached."""
+
+
+class EstimatorUnavailableError(ScopeError, ConnectionError):
+    """An estimator backend (a vLLM server) cannot be reached or keeps failing."""
+
+
+class EmbedderError(ScopeError, RuntimeError):
+    """The embedding model could not be loaded or failed to embed."""

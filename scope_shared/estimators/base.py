@@ -1,0 +1,162 @@
+"""The estimator seam: one small abstract method, with the glue that turns predictions into estimates.
+
+An estimator receives, for each query, the anchors the store retrieved for it (each with every model's
+recorded outcome) and each model's overall record, and predicts for every candidate model the probability
+of a correct answer and the expected number of output tokens. The glue here prices the prediction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from scope_shared.types import AnchorEvidence, Estimate, ModelCard
+
+__all__ = [
+    "AnchorOutcome",
+    "AnchorRecord",
+    "Estimator",
+    "ModelStats",
+    "Prediction",
+    "QueryContext",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorOutcome:
+    """A model's recorded result on one anchor."""
+
+    correct: float
+    output_tokens: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorRecord:
+    """A retrieved anchor: its question, its cosine similarity to the query, and every model's outcome."""
+
+    anchor_id: str
+    question: str
+    similarity: float
+    outcomes: Mapping[str, AnchorOutcome]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStats:
+    """A model's overall record over every anchor in the store."""
+
+    n: int
+    p_correct: float
+    mean_log_tokens: float | None = None
+    n_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueryContext:
+    """One query to estimate, with what the store retrieved for it."""
+
+    query: str
+    input_tokens: float
+    anchors: tuple[AnchorRecord, ...]
+    stats: Mapping[str, ModelStats]
+    anchor_version: str = ""
+    value_per_correct: float | None = None
+    embedding: Sequence[float] | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """An estimator's raw prediction for one (query, model) pair, before pricing."""
+
+    p_correct: float
+    output_tokens: float
+    evidence: tuple[AnchorEvidence, ...] = ()
+    p_std: float | None = None
+    explanation: str | None = None
+    samples: int | None = None
+    unparsed_samples: int | None = None
+    degraded: bool = False
+    reason: str = ""
+    estimator_tokens: int = 0
+
+
+class Estimator(ABC):
+    """Predicts correctness and output length for (query, model) pairs.
+
+    Subclasses implement :meth:`_predict` (and :meth:`_apredict` when they have a native async path);
+    :meth:`estimate` and :meth:`aestimate` validate, price and package the result.
+    """
+
+    name: str = "estimator"
+
+    @abstractmethod
+    def _predict(
+        self, queries: Sequence[QueryContext], models: Sequence[str]
+    ) -> list[dict[str, Prediction]]:
+        """Predict for every query and every model; one dict per query, keyed by model name."""
+
+    async def _apredict(
+        self, queries: Sequence[QueryContext], models: Sequence[str]
+    ) -> list[dict[str, Prediction]]:
+        return await asyncio.to_thread(self._predict, queries, models)
+
+    def estimate(
+        self, queries: Sequence[QueryContext], models: Sequence[ModelCard]
+    ) -> list[dict[str, Estimate]]:
+        """Estimate every (query, model) pair; one dict per query, keyed by model name."""
+        if not queries:
+            return []
+        raw = self._predict(queries, [m.name for m in models])
+        return _price(self.name, queries, models, raw)
+
+    async def aestimate(
+        self, queries: Sequence[QueryContext], models: Sequence[ModelCard]
+    ) -> list[dict[str, Estimate]]:
+        """Async form of :meth:`estimate`."""
+        if not queries:
+            return []
+        raw = await self._apredict(queries, [m.name for m in models])
+        return _price(self.name, queries, models, raw)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients the estimator holds."""
+
+
+def _clip01(value: float) -> float:
+    return min(1.0, max(0.0, float(value)))
+
+
+def _price(
+    name: str,
+    queries: Sequence[QueryContext],
+    models: Sequence[ModelCard],
+    raw: Sequence[Mapping[str, Prediction]],
+) -> list[dict[str, Estimate]]:
+    if len(raw) != len(queries):
+        msg = f"estimator {name!r} returned {len(raw)} results for {len(queries)} queries"
+        raise RuntimeError(msg)
+    out: list[dict[str, Estimate]] = []
+    for ctx, per_model in zip(queries, raw):
+        row: dict[str, Estimate] = {}
+        for card in models:
+            pred = per_model[card.name]
+            tokens = max(0.0, float(pred.output_tokens))
+            row[card.name] = Estimate(
+                model=card.name,
+                p_correct=_clip01(pred.p_correct),
+                output_tokens=tokens,
+                input_tokens=ctx.input_tokens,
+                cost=card.cost(ctx.input_tokens, tokens),
+                estimator=name,
+                evidence=pred.evidence,
+                p_std=pred.p_std,
+                explanation=pred.explanation,
+                samples=pred.samples,
+                unparsed_samples=pred.unparsed_samples,
+                degraded=pred.degraded,
+                reason=pred.reason,
+                estimator_tokens=pred.estimator_tokens,
+            )
+        out.append(row)
+    return out
