@@ -306,7 +306,7 @@ class ScopeEngine:
         estimates, reason = self.estimate(
             queries, input_tokens=input_tokens, candidates=s.candidates, value_per_correct=s.value_per_correct
         )
-        return [self._decide(q, e, s, reason) for q, e in zip(queries, estimates)]
+        return self._decide_all(queries, estimates, s, reason)
 
     async def aroute(
         self,
@@ -348,7 +348,46 @@ class ScopeEngine:
         estimates, reason = await self.aestimate(
             queries, input_tokens=input_tokens, candidates=s.candidates, value_per_correct=s.value_per_correct
         )
-        return [self._decide(q, e, s, reason) for q, e in zip(queries, estimates)]
+        return self._decide_all(queries, estimates, s, reason)
+
+    def _decide_all(
+        self, queries: Sequence[str], estimates: Sequence[dict[str, Estimate]], s: _Settings, reason: str
+    ) -> list[Decision]:
+        decisions: list[Decision] = []
+        try:
+            for q, e in zip(queries, estimates, strict=True):
+                decisions.append(self._decide(q, e, s, reason))
+        except BaseException:
+            for d in decisions:  # a later query did not fit: hold nothing for a batch that fails
+                self.release(d)
+            raise
+        return decisions
+
+    def redecide(
+        self,
+        decision: Decision,
+        *,
+        exclude: Sequence[str] = (),
+        max_cost_per_call: Any = UNSET,
+        force_model: str | None = None,
+        reserve: bool = True,
+        reason: str = "",
+    ) -> Decision:
+        """Choose again from ``decision``'s estimates, without retrieving or estimating again.
+
+        For a fallback after the chosen model failed (``exclude`` it; release the old decision first), or
+        to reserve, item by item, a batch routed with ``reserve=False``. ``reason`` is added to the new
+        decision's reason.
+        """
+        left = {n: e for n, e in decision.estimates.items() if n not in set(exclude)}
+        if not left:
+            msg = f"every candidate is excluded ({sorted(exclude)}); nothing left to choose from"
+            raise ConfigError(msg)
+        s = self._settings(decision.value_per_correct, max_cost_per_call, tuple(left), force_model, reserve)
+        new = self._decide(decision.query, left, s, reason)
+        if decision.degraded and not new.degraded:  # keep a degraded estimation visible
+            new = new.model_copy(update={"degraded": True, "reason": _join(new.reason, decision.reason)})
+        return new
 
     def _decide(self, query: str, estimates: dict[str, Estimate], s: _Settings, reason: str) -> Decision:
         degraded_est = [f"{n}: {e.reason}" for n, e in estimates.items() if e.degraded]
