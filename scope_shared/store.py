@@ -79,6 +79,10 @@ class AnchorStore:
         batch_size: outcomes written per atomic batch in :meth:`add`.
         stats_ttl: seconds the per-model statistics are cached before being recomputed (writes made
             through this object refresh them at once; this bounds staleness from other processes).
+        embed_tail_chars: embed only the last this-many characters of a text (None: all of it). Prompts
+            put the question last, often after shared instructions or few-shot examples, and small
+            sentence encoders read only their first ~256 word pieces; embedding the tail keeps the part
+            that tells questions apart. Stored with the collection: anchors and queries use the same.
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class AnchorStore:
         collection: str | None = None,
         batch_size: int = 512,
         stats_ttl: float = 60.0,
+        embed_tail_chars: int | None = 1000,
     ) -> None:
         chosen = [name for name, v in (("path", path), ("host", host), ("client", client)) if v]
         if len(chosen) > 1:
@@ -102,6 +107,9 @@ class AnchorStore:
             raise ConfigError(msg)
         if batch_size < 1:
             msg = f"batch_size must be >= 1, got {batch_size}"
+            raise ConfigError(msg)
+        if embed_tail_chars is not None and embed_tail_chars < 16:
+            msg = f"embed_tail_chars must be >= 16 or None, got {embed_tail_chars}"
             raise ConfigError(msg)
         if not 0 < port < 65536:
             msg = f"port must be in 1..65535, got {port}"
@@ -113,12 +121,14 @@ class AnchorStore:
         self._headers = {k: SecretStr(v) for k, v in (headers or {}).items()}
         self._token = SecretStr(token) if token else None
         self._client = client
+        self._backend = "http" if host else "persistent" if path else "client" if client else "memory"
         self._embedder = as_embedder(embedder)
         if collection is None:
             in_memory = not (path or host or client)
             collection = f"scope-mem-{uuid.uuid4().hex[:12]}" if in_memory else DEFAULT_COLLECTION
         self._collection_name = collection
         self._batch_size = batch_size
+        self._tail = embed_tail_chars
         self._stats_ttl = stats_ttl
         self._collection: Any = None
         self._lock = threading.RLock()
@@ -132,15 +142,15 @@ class AnchorStore:
     @property
     def backend(self) -> str:
         """``memory``, ``persistent``, ``http`` or ``client``."""
-        if self._client is not None and self._path is None and self._host is None:
-            return "client"
-        if self._host:
-            return "http"
-        return "persistent" if self._path else "memory"
+        return self._backend
 
     @property
     def embedder(self) -> Embedder:
         return self._embedder
+
+    @property
+    def _embedder_id(self) -> str:
+        return self._embedder.name + (f"|tail{self._tail}" if self._tail else "")
 
     def __repr__(self) -> str:
         where = {"http": f"{self._host}:{self._port}", "persistent": str(self._path)}.get(
@@ -178,15 +188,16 @@ class AnchorStore:
                         self._collection_name,
                         embedding_function=None,
                         configuration={"hnsw": {"space": "cosine"}},
-                        metadata={"embedder": self._embedder.name, "schema": 1},
+                        metadata={"embedder": self._embedder_id, "schema": 1},
                     )
 
                 col = self._guard(connect, "open the collection")
                 stored = (col.metadata or {}).get("embedder")
-                if stored and stored != self._embedder.name:
+                if stored and stored != self._embedder_id:
                     msg = (
                         f"collection {self._collection_name!r} was built with embedder {stored!r}, "
-                        f"not {self._embedder.name!r}; open it with the same embedder or use a new collection"
+                        f"not {self._embedder_id!r}; open it with the same embedder (and embed_tail_chars) "
+                        "or use a new collection"
                     )
                     raise ConfigError(msg)
                 self._collection = col
@@ -299,7 +310,7 @@ class AnchorStore:
             fresh = [rid for rid in ids if rid not in existing]
             vectors: dict[str, Any] = dict(existing)
             if fresh:
-                embedded = self._embedder.embed([questions[rid] for rid in fresh])
+                embedded = self.embed([questions[rid] for rid in fresh])
                 vectors.update(zip(fresh, embedded))
             self._guard(
                 lambda: col.upsert(
@@ -327,7 +338,9 @@ class AnchorStore:
         return f"{self._collection_name}:{self.count()}:{self._writes}"
 
     def embed(self, texts: Sequence[str]) -> Matrix:
-        """Embed query texts with the store's embedder."""
+        """Embed texts as the store does (its embedder, over each text's last ``embed_tail_chars``)."""
+        if self._tail:
+            texts = [t[-self._tail :] for t in texts]
         return self._embedder.embed(texts)
 
     def query(self, embeddings: Matrix, *, k: int) -> list[tuple[AnchorRecord, ...]]:
@@ -424,6 +437,11 @@ class AnchorStore:
     def cached_model_stats(self) -> dict[str, ModelStats] | None:
         """The last computed statistics, without touching the backend (for degraded routing)."""
         return self._stats
+
+    @property
+    def tokens_per_char(self) -> float:
+        """Input tokens per character, from the anchors' recorded counts (refreshed with the statistics)."""
+        return self._tokens_per_char
 
     def estimate_input_tokens(self, text: str) -> float:
         """Input tokens of ``text``, from the anchors' recorded tokens-per-character ratio."""

@@ -1,0 +1,50 @@
+# make demo  - build an anchor store from ../shared/data/routerbench-zs and route its held-out queries
+# make test  - unit + integration tests (starts real Chroma and vLLM servers)
+# make bench - performance benchmarks (prints tables)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= ../shared/data/routerbench-zs
+STAMP := $(VENV)/.installed
+VLLM_VENV ?= .venv-vllm
+TINY_MODEL ?= .tiny-model
+
+.PHONY: venv demo test unit integration lint typecheck bench vllm-env clean
+
+venv: $(STAMP)
+
+# torch first, pinned to the CPU build on local disk: a bare `torch` requirement pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: venv
+	HF_HUB_OFFLINE=1 $(VENV)/bin/scope-router demo --data $(DATA)
+
+vllm-env:
+	SCOPE_VLLM_VENV=$(abspath $(VLLM_VENV)) SCOPE_TINY_MODEL_DIR=$(abspath $(TINY_MODEL)) bash scripts/vllm_env.sh
+
+unit: venv
+	$(PY) -m pytest tests/unit -q
+
+integration: venv vllm-env
+	SCOPE_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python SCOPE_TINY_MODEL=$(abspath $(TINY_MODEL)) \
+		HF_HUB_OFFLINE=1 $(PY) -m pytest tests/integration -q
+
+test: venv vllm-env
+	SCOPE_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python SCOPE_TINY_MODEL=$(abspath $(TINY_MODEL)) \
+		HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q -p no:cacheprovider
+
+lint: venv
+	$(VENV)/bin/ruff check scope_shared scope_langchain scope_llamaindex tests examples benchmarks
+	$(VENV)/bin/mypy
+
+bench: venv
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks
+
+clean:
+	rm -rf out .scope .pytest_cache

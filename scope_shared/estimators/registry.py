@@ -1,0 +1,42 @@
+"""Estimators by name, for the engine's callers and the CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scope_shared.errors import ConfigError
+from scope_shared.estimators.anchors import AnchorStatsEstimator
+from scope_shared.estimators.base import Estimator
+
+__all__ = ["ESTIMATORS", "build_estimator"]
+
+#: Names accepted by :func:`build_estimator` and ``scope-router evaluate --estimator``.
+ESTIMATORS = ("anchors", "scope", "hybrid", "gated")
+
+
+def build_estimator(name: str, *, k: int = 10, **options: Any) -> Estimator:
+    """Build an estimator by name.
+
+    ``anchors`` needs nothing else; ``scope``, ``hybrid`` and ``gated`` need ``base_url`` (a vLLM
+    OpenAI-compatible server) and accept the :class:`ScopeLLMEstimator` options (``model``, ``api_key``,
+    ``samples``, ``temperature``, ...).
+    """
+    if name == "anchors":
+        return AnchorStatsEstimator(k=k)
+    if name in ("scope", "hybrid", "gated"):
+        from scope_shared.estimators.scope_vllm import ScopeLLMEstimator
+
+        if not options.get("base_url"):
+            msg = f"estimator {name!r} needs a vLLM server: pass --vllm-url (base_url=...)"
+            raise ConfigError(msg)
+        scope = ScopeLLMEstimator(k=k, **options)
+        if name == "scope":
+            return scope
+        from scope_shared.estimators.hybrid import GatedEstimator, HybridEstimator
+
+        anchors = AnchorStatsEstimator(k=k)
+        if name == "hybrid":
+            return HybridEstimator(anchors=anchors, scope=scope)
+        return GatedEstimator(anchors=anchors, scope=scope)
+    msg = f"unknown estimator {name!r}; known: {list(ESTIMATORS)}"
+    raise ConfigError(msg)

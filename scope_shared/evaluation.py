@@ -1,0 +1,355 @@
+"""Replay evaluation: load anchors, estimate held-out queries, and measure estimation and routing.
+
+Routing is replayed over recorded outcomes: the router picks a model per test query from its estimates,
+and its accuracy and cost are what that model really scored and spent (recorded tokens x prices).
+Sweeping ``value_per_correct`` traces the router's accuracy/cost curve.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from scope_shared.data import load_outcomes, load_prices
+from scope_shared.engine import ScopeEngine
+from scope_shared.errors import ConfigError, DataError
+from scope_shared.estimators.base import Estimator
+from scope_shared.store import AnchorStore
+from scope_shared.types import Estimate, ModelCard, Outcome
+
+__all__ = [
+    "DEFAULT_VALUES",
+    "ReplayTable",
+    "auroc",
+    "evaluate",
+    "expected_calibration_error",
+    "plot_report",
+    "replay_table",
+    "routing_report",
+]
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+
+#: The value_per_correct sweep (USD per correct answer): cheapest (0) .. accuracy only (None).
+DEFAULT_VALUES: tuple[float | None, ...] = (0.0, *(float(v) for v in np.logspace(-7, 2, 91)), None)
+
+
+def auroc(scores: Sequence[float] | FloatArray, labels: Sequence[float] | FloatArray) -> float | None:
+    """Area under the ROC curve (ties averaged); labels >= 0.5 are positive. None if one class is absent."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64) >= 0.5
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def expected_calibration_error(
+    probs: Sequence[float] | FloatArray, labels: Sequence[float] | FloatArray, *, bins: int = 10
+) -> float:
+    """ECE of probabilities against graded labels, over ``bins`` equal-width bins."""
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    if len(p) == 0:
+        return float("nan")
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = idx == b
+        if mask.any():
+            total += mask.sum() * abs(p[mask].mean() - y[mask].mean())
+    return float(total / len(p))
+
+
+@dataclass(frozen=True)
+class ReplayTable:
+    """Estimates and recorded outcomes of the routing pool, as dense query x model arrays."""
+
+    queries: list[str]
+    models: list[str]
+    p: FloatArray  # estimated p_correct
+    est_cost: FloatArray  # estimated USD
+    correct: FloatArray  # recorded grade
+    cost: FloatArray  # recorded USD
+
+    def choose(self, value_per_correct: float | None) -> npt.NDArray[np.int64]:
+        """Index of the chosen model per query (ties: cheaper estimated cost)."""
+        if value_per_correct is None or math.isinf(value_per_correct):
+            util = self.p.copy()
+        else:
+            util = self.p * value_per_correct - self.est_cost
+        # lexicographic: utility, then lower estimated cost
+        best = np.max(util, axis=1, keepdims=True)
+        tied = np.isclose(util, best, rtol=0.0, atol=1e-12)
+        cost = np.where(tied, self.est_cost, np.inf)
+        return np.argmin(cost, axis=1)
+
+    def point(self, value_per_correct: float | None) -> dict[str, Any]:
+        """The router's replayed accuracy and mean cost at one setting."""
+        pick = self.choose(value_per_correct)
+        rows = np.arange(len(self.queries))
+        share = np.bincount(pick, minlength=len(self.models)) / max(len(pick), 1)
+        return {
+            "value_per_correct": value_per_correct,
+            "accuracy": float(self.correct[rows, pick].mean()),
+            "cost": float(self.cost[rows, pick].mean()),
+            "model_share": {self.models[i]: float(s) for i, s in enumerate(share) if s > 0},
+        }
+
+
+def replay_table(
+    test: Sequence[Outcome],
+    estimates: Mapping[str, Mapping[str, Estimate]],
+    cards: Mapping[str, ModelCard],
+    pool: Sequence[str],
+    *,
+    tokens_per_char: float = 0.25,
+) -> ReplayTable:
+    """Dense arrays over the test queries on which every pool model has a recorded outcome."""
+    by_q: dict[str, dict[str, Outcome]] = defaultdict(dict)
+    for o in test:
+        by_q[o.query][o.model] = o
+    queries = [q for q, per in by_q.items() if q in estimates and all(m in per for m in pool)]
+    n, m = len(queries), len(pool)
+    p, est_cost, correct, cost = (np.zeros((n, m)) for _ in range(4))
+    for i, q in enumerate(queries):
+        for j, name in enumerate(pool):
+            est, out = estimates[q][name], by_q[q][name]
+            p[i, j], est_cost[i, j] = est.p_correct, est.cost
+            correct[i, j] = out.correct
+            in_tok = out.input_tokens if out.input_tokens is not None else len(q) * tokens_per_char
+            out_tok = out.output_tokens if out.output_tokens is not None else 0
+            cost[i, j] = cards[name].cost(in_tok, out_tok)
+    return ReplayTable(queries, list(pool), p, est_cost, correct, cost)
+
+
+def routing_report(
+    table: ReplayTable, *, values: Sequence[float | None] = DEFAULT_VALUES, aiq_steps: int = 200
+) -> dict[str, Any]:
+    """Single models, oracle and the router's curve over ``values``, with the summary metrics."""
+    if not table.queries:
+        msg = "no test query has an outcome for every pool model; nothing to route"
+        raise DataError(msg)
+    acc = table.correct.mean(axis=0)
+    cost = table.cost.mean(axis=0)
+    singles = {
+        name: {"accuracy": float(acc[j]), "cost": float(cost[j])} for j, name in enumerate(table.models)
+    }
+    best_j = max(range(len(table.models)), key=lambda j: (acc[j], -cost[j]))
+    cheap_j = min(range(len(table.models)), key=lambda j: (cost[j], -acc[j]))
+    # oracle: the cheapest model that is correct; the cheapest model when none is
+    ok = table.correct >= 0.5
+    masked = np.where(ok, table.cost, np.inf)
+    o_pick = np.where(ok.any(axis=1), np.argmin(masked, axis=1), cheap_j)
+    rows = np.arange(len(table.queries))
+    oracle = {
+        "accuracy": float(table.correct[rows, o_pick].mean()),
+        "cost": float(table.cost[rows, o_pick].mean()),
+    }
+    curve = [table.point(v) for v in values]
+    best = {"model": table.models[best_j], **singles[table.models[best_j]]}
+    cheapest = {"model": table.models[cheap_j], **singles[table.models[cheap_j]]}
+    within = [pt for pt in curve if pt["cost"] <= best["cost"] + 1e-15]
+    matched = [pt["cost"] for pt in curve if pt["accuracy"] >= best["accuracy"] - 1e-12]
+    return {
+        "pool": list(table.models),
+        "queries": len(table.queries),
+        "singles": singles,
+        "best_single": best,
+        "cheapest": cheapest,
+        "oracle": oracle,
+        "curve": curve,
+        "router_acc_at_best_single_cost": max((pt["accuracy"] for pt in within), default=None),
+        "router_cost_to_match_best_single": (min(matched) / best["cost"]) if matched and best["cost"] else None,
+        "router_max_accuracy": max(pt["accuracy"] for pt in curve),
+        "aiq": _aiq(curve, cheapest["cost"], best["cost"], aiq_steps),
+    }
+
+
+def _aiq(curve: Sequence[Mapping[str, Any]], lo: float, hi: float, steps: int) -> float | None:
+    """Mean best router accuracy reachable at each of ``steps`` even costs in [lo, hi].
+
+    Below the router's cheapest point, that point's accuracy is used (the curve extends flat).
+    """
+    if not curve or hi <= lo:
+        return None
+    pts = sorted((float(p["cost"]), float(p["accuracy"])) for p in curve)
+    costs = np.array([c for c, _ in pts])
+    best_so_far = np.maximum.accumulate(np.array([a for _, a in pts]))
+    grid = np.linspace(lo, hi, steps)
+    idx = np.searchsorted(costs, grid, side="right") - 1
+    return float(np.where(idx >= 0, best_so_far[np.maximum(idx, 0)], best_so_far[0]).mean())
+
+
+def _estimation_metrics(
+    test: Sequence[Outcome], estimates: Mapping[str, Mapping[str, Estimate]]
+) -> dict[str, Any]:
+    ps, ys, models, pred_len, true_len = [], [], [], [], []
+    for o in test:
+        est = estimates.get(o.query, {}).get(o.model)
+        if est is None:
+            continue
+        ps.append(est.p_correct)
+        ys.append(o.correct)
+        models.append(o.model)
+        if o.output_tokens is not None:
+            pred_len.append(est.output_tokens)
+            true_len.append(o.output_tokens)
+    p, y = np.array(ps), np.array(ys)
+    per_model: dict[str, float] = {}
+    by_model: dict[str, list[int]] = defaultdict(list)
+    for i, name in enumerate(models):
+        by_model[name].append(i)
+    for name, idx in by_model.items():
+        a = auroc(p[idx], y[idx])
+        if a is not None:
+            per_model[name] = a
+    pl, tl = np.array(pred_len, dtype=np.float64), np.array(true_len, dtype=np.float64)
+    return {
+        "pairs": len(ps),
+        "auroc_pooled": auroc(p, y),
+        "auroc_within_model": float(np.mean(list(per_model.values()))) if per_model else None,
+        "auroc_per_model": per_model,
+        "brier": float(np.mean((p - y) ** 2)) if len(p) else None,
+        "ece": expected_calibration_error(p, y) if len(p) else None,
+        "length_pairs": len(pl),
+        "length_mae": float(np.mean(np.abs(pl - tl))) if len(pl) else None,
+        "length_log_mae": float(np.mean(np.abs(np.log1p(pl) - np.log1p(tl)))) if len(pl) else None,
+    }
+
+
+def evaluate(
+    anchors: str | Path | Sequence[Outcome],
+    test: str | Path | Sequence[Outcome],
+    prices: str | Path | Sequence[ModelCard],
+    *,
+    embedder: Any = None,
+    estimator: Estimator | None = None,
+    store: AnchorStore | None = None,
+    k: int = 10,
+    values: Sequence[float | None] = DEFAULT_VALUES,
+    pool: Sequence[str] | None = None,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """Replay-evaluate an estimator: load ``anchors`` into a fresh store, estimate ``test``, report.
+
+    Args:
+        anchors, test: outcome files (or outcomes); test queries are held out of the store.
+        prices: a price table (or model cards); only priced models are estimated and routed.
+        embedder: the store's embedder (default all-MiniLM-L6-v2).
+        estimator: default anchor statistics.
+        store: an empty store to load into (default: a fresh in-memory one).
+        pool: models to route over (default: priced models with an outcome on every test query).
+    """
+    t0 = time.perf_counter()
+    anchor_rows = load_outcomes(anchors) if isinstance(anchors, str | Path) else list(anchors)
+    test_rows = load_outcomes(test) if isinstance(test, str | Path) else list(test)
+    cards_list = load_prices(prices) if isinstance(prices, str | Path) else list(prices)
+    cards = {c.name: c for c in cards_list}
+    known = {o.model for o in anchor_rows} & cards.keys()
+    test_rows = [o for o in test_rows if o.model in known]
+    if not test_rows:
+        msg = "no test outcome of a priced model that also has anchor outcomes"
+        raise DataError(msg)
+    if store is None:
+        store = AnchorStore(embedder=embedder)
+    store.add([o for o in anchor_rows if o.model in known])
+    t_load = time.perf_counter() - t0
+    engine = ScopeEngine(store=store, models=[cards[m] for m in sorted(known)], estimator=estimator, k=k)
+    queries = list(dict.fromkeys(o.query for o in test_rows))
+    in_tok: dict[str, float] = {}
+    for o in test_rows:
+        if o.input_tokens is not None:
+            in_tok.setdefault(o.query, float(o.input_tokens))
+    estimates: dict[str, dict[str, Estimate]] = {}
+    degraded: list[str] = []
+    t1 = time.perf_counter()
+    for start in range(0, len(queries), batch_size):
+        chunk = queries[start : start + batch_size]
+        rows, reason = engine.estimate(chunk, input_tokens=[in_tok.get(q) for q in chunk])
+        if reason:
+            degraded.append(reason)
+        estimates.update(zip(chunk, rows))
+    t_est = time.perf_counter() - t1
+    if pool is None:
+        covered: dict[str, set[str]] = defaultdict(set)
+        for o in test_rows:
+            covered[o.model].add(o.query)
+        pool = sorted(m for m, qs in covered.items() if len(qs) == len(queries))
+    unknown = [m for m in pool if m not in known]
+    if unknown:
+        msg = f"pool models without prices or anchor outcomes: {unknown}"
+        raise ConfigError(msg)
+    table = replay_table(test_rows, estimates, cards, pool, tokens_per_char=store.tokens_per_char)
+    est_tokens = sum(e.estimator_tokens for per in estimates.values() for e in per.values())
+    return {
+        "estimator": engine.estimator.name,
+        "embedder": store.embedder.name,
+        "k": k,
+        "anchors": store.count(),
+        "test_queries": len(queries),
+        "estimation": _estimation_metrics(test_rows, estimates),
+        "routing": routing_report(table, values=values),
+        "estimator_cost": {
+            "estimator_tokens": est_tokens,
+            "degraded_batches": len(degraded),
+            "degraded_reasons": sorted(set(degraded))[:5],
+            "escalated_share": _escalated_share(estimates),
+        },
+        "timing_s": {"load": round(t_load, 2), "estimate": round(t_est, 2)},
+    }
+
+
+def _escalated_share(estimates: Mapping[str, Mapping[str, Estimate]]) -> float | None:
+    flags = [any("escalated" in e.reason for e in per.values()) for per in estimates.values()]
+    return float(np.mean(flags)) if flags else None
+
+
+def plot_report(report: Mapping[str, Any], path: str | Path, *, title: str = "") -> Path:
+    """Plot the router's accuracy/cost curve, each single model and the oracle; returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    routing = report["routing"]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    curve = sorted(routing["curve"], key=lambda pt: pt["cost"])
+    ax.plot([pt["cost"] for pt in curve], [pt["accuracy"] for pt in curve], "-o", ms=3, label="scope-router")
+    for name, s in routing["singles"].items():
+        ax.scatter(s["cost"], s["accuracy"], marker="s", s=25)
+        ax.annotate(name.split("/")[-1], (s["cost"], s["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.scatter(routing["oracle"]["cost"], routing["oracle"]["accuracy"], marker="*", s=150, c="gold", edgecolors="k", label="oracle")
+    ax.set_xscale("log")
+    ax.set_xlabel("mean cost per query (USD, log scale)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or f"{report.get('estimator', '')} estimator, {routing['queries']} held-out queries")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

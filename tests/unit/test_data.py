@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import gzip
+import math
+from pathlib import Path
+
+import pytest
+
+from scope_shared import DataError, Outcome, load_outcomes, load_prices
+
+HEADER = "query_id,query,model,correct,output_tokens,input_tokens,task\n"
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    if name.endswith(".gz"):
+        p.write_bytes(gzip.compress(text.encode()))
+    else:
+        p.write_text(text)
+    return p
+
+
+def test_loads_csv_gz_and_jsonl(tmp_path: Path) -> None:
+    csv_path = write(tmp_path, "a.csv.gz", HEADER + 'q1,"What is 2+2?",m1,1,5,7,math\nq1,"What is 2+2?",m2,0,,,math\n')
+    rows = load_outcomes(csv_path)
+    assert rows[0] == Outcome(query="What is 2+2?", model="m1", correct=1.0, output_tokens=5, input_tokens=7, query_id="q1", task="math")
+    assert rows[1].output_tokens is None and rows[1].input_tokens is None
+    jl = write(tmp_path, "a.jsonl", '{"query": "hi there", "model": "m1", "correct": 0.5}\n\n')
+    assert load_outcomes(jl)[0].correct == 0.5
+
+
+@pytest.mark.parametrize(
+    ("row", "needle"),
+    [
+        ('q,"   ",m1,1,,,t\n', "empty or whitespace"),
+        ("q,text,m1,1.5,,,t\n", "less than or equal to 1"),
+        ("q,text,m1,-0.1,,,t\n", "greater than or equal to 0"),
+        ("q,text,m1,nan,,,t\n", "finite"),
+        ("q,text,m1,inf,,,t\n", "finite"),
+        ("q,text,m1,,,,t\n", "correct is empty"),
+        ("q,text,m1,1,-3,,t\n", "output_tokens"),
+        ("q,text,m1,1,2.5,,t\n", "whole number"),
+        ("q,text,,1,,,t\n", "model"),
+    ],
+)
+def test_bad_rows_name_the_row(tmp_path: Path, row: str, needle: str) -> None:
+    p = write(tmp_path, "bad.csv", HEADER + "q0,fine,m1,1,,,t\n" + row)
+    with pytest.raises(DataError) as err:
+        load_outcomes(p)
+    assert f"{p}:3" in str(err.value)
+    assert needle in str(err.value)
+
+
+def test_missing_columns(tmp_path: Path) -> None:
+    p = write(tmp_path, "bad.csv", "query,model\nq,m\n")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['correct'\]"):
+        load_outcomes(p)
+
+
+def test_truncated_gzip_is_a_clear_error(tmp_path: Path) -> None:
+    data = gzip.compress((HEADER + "q,text,m1,1,,,t\n" * 5000).encode())
+    p = tmp_path / "cut.csv.gz"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="truncated"):
+        load_outcomes(p)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such file"):
+        load_outcomes(tmp_path / "nope.csv")
+
+
+def test_prices(tmp_path: Path) -> None:
+    p = write(tmp_path, "prices.csv", "model,input_per_mtok,output_per_mtok\na,1,2\nb,0.5,0.5\n")
+    cards = load_prices(p)
+    assert [c.name for c in cards] == ["a", "b"]
+    assert math.isclose(cards[0].cost(1_000_000, 500_000), 2.0)
+    bad = write(tmp_path, "bad.csv", "model,input_per_mtok,output_per_mtok\na,-1,2\n")
+    with pytest.raises(DataError, match="bad.csv:2"):
+        load_prices(bad)
+    dup = write(tmp_path, "dup.csv", "model,input_per_mtok,output_per_mtok\na,1,2\na,1,2\n")
+    with pytest.raises(DataError, match="duplicate model 'a'"):
+        load_prices(dup)

@@ -1,0 +1,224 @@
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from scope_shared import (
+    AnchorStore,
+    Budget,
+    BudgetExceededError,
+    ConfigError,
+    EmptyStoreError,
+    HashingEmbedder,
+    ModelCard,
+    Outcome,
+    ScopeEngine,
+    StoreUnavailableError,
+    UnknownModelError,
+)
+from scope_shared.errors import EstimatorUnavailableError
+from scope_shared.estimators import AnchorStatsEstimator, Estimator, Prediction, QueryContext
+
+POEM = "write a sonnet poem about the silver moon"
+SUM = "what is 41 plus 42 in arithmetic"
+
+
+def test_routes_by_expected_utility(store: AnchorStore, cards: list[ModelCard]) -> None:
+    eng = ScopeEngine(store=store, models=cards, value_per_correct=1.0)
+    poem, arith = eng.route_batch([POEM, SUM])
+    assert poem.model == "big"  # small fails poems
+    assert arith.estimates["small"].p_correct > 0.8 > 0.2 > poem.estimates["small"].p_correct
+    # both are right on arithmetic: once a correct answer is worth little, the cheap model wins it
+    cheap = eng.route_batch([POEM, SUM], value_per_correct=1e-4)
+    assert cheap[1].model == "small"
+    assert arith.estimates["big"].cost > 10 * arith.estimates["small"].cost
+    assert poem.estimates["small"].p_correct < 0.5 < poem.estimates["big"].p_correct
+    assert poem.estimates["big"].output_tokens > 100 > arith.estimates["big"].output_tokens
+    assert poem.estimate.evidence and "runner-up small" in poem.reason
+    assert poem.ranking() == ["big", "small"]
+    assert not poem.degraded
+
+
+def test_accuracy_only_and_per_call_override(store: AnchorStore, cards: list[ModelCard]) -> None:
+    eng = ScopeEngine(store=store, models=cards)  # accuracy only
+    assert eng.route(SUM).model == "big"
+    assert eng.route(SUM, value_per_correct=0.0).model == "small"
+
+
+def test_max_cost_per_call_and_no_fit(store: AnchorStore, cards: list[ModelCard]) -> None:
+    eng = ScopeEngine(store=store, models=cards, max_cost_per_call=1e-9)
+    with pytest.raises(BudgetExceededError, match="no candidate fits"):
+        eng.route(POEM)
+    eng2 = ScopeEngine(store=store, models=cards, max_cost_per_call=1e-9, on_no_fit="cheapest")
+    d = eng2.route(POEM)
+    assert d.model == "small" and d.degraded and "cheapest" in d.reason
+    big_cost = eng.route(POEM, max_cost_per_call=None).estimates["big"].cost
+    d = eng.route(POEM, max_cost_per_call=big_cost * 0.99)
+    assert d.model == "small" and "big" in d.excluded
+
+
+def test_budget_reserve_settle_release(store: AnchorStore, cards: list[ModelCard]) -> None:
+    eng = ScopeEngine(store=store, models=cards, budget=Budget(limit=1.0))
+    d = eng.route(POEM)
+    assert d.reservation_id and eng.ledger is not None
+    assert eng.ledger.held == pytest.approx(d.reserved_cost)
+    cost = eng.settle(d, input_tokens=10, output_tokens=100)
+    assert cost == pytest.approx(cards[0].cost(10, 100))
+    assert eng.ledger.spent == pytest.approx(cost) and eng.ledger.held == 0
+    assert eng.settle(d, input_tokens=10, output_tokens=100) is None  # once only
+    d2 = eng.route(POEM)
+    assert eng.release(d2) and eng.ledger.held == 0
+
+
+def test_budget_exhaustion_moves_to_cheaper_then_raises(store: AnchorStore, cards: list[ModelCard]) -> None:
+    probe = ScopeEngine(store=store, models=cards).route(POEM, reserve=False)
+    big, small = probe.estimates["big"].cost, probe.estimates["small"].cost
+    eng = ScopeEngine(store=store, models=cards, budget=Budget(limit=small * 2.5))
+    assert big > small * 2.5
+    d = eng.route(POEM)
+    assert d.model == "small" and "remaining budget" in d.excluded["big"]
+    eng.route(POEM)
+    with pytest.raises(BudgetExceededError):
+        eng.route(POEM)
+
+
+def test_force_model_and_unknown_models(store: AnchorStore, cards: list[ModelCard]) -> None:
+    eng = ScopeEngine(store=store, models=cards, value_per_correct=1.0)
+    d = eng.route(SUM, force_model="big")
+    assert d.model == "big" and "forced" in d.reason
+    with pytest.raises(UnknownModelError, match="unknown model 'gpt-9'; known: \\['big', 'small'\\]"):
+        eng.route(SUM, force_model="gpt-9")
+    with pytest.raises(UnknownModelError):
+        eng.route(SUM, candidates=["big", "nope"])
+    assert eng.route(SUM, candidates=["big"]).model == "big"
+
+
+@pytest.mark.parametrize("bad", ["", "   \n\t", b"bytes query", None])
+def test_bad_queries(store: AnchorStore, cards: list[ModelCard], bad: Any) -> None:
+    eng = ScopeEngine(store=store, models=cards)
+    with pytest.raises(ConfigError):
+        eng.route(bad)
+
+
+def test_constructor_validates(store: AnchorStore, cards: list[ModelCard]) -> None:
+    with pytest.raises(ConfigError, match="duplicate model names"):
+        ScopeEngine(store=store, models=[cards[0], cards[0]])
+    with pytest.raises(ConfigError, match="models is empty"):
+        ScopeEngine(store=store, models=[])
+    with pytest.raises(ConfigError, match="value_per_correct"):
+        ScopeEngine(store=store, models=cards, value_per_correct=-1)
+    with pytest.raises(ConfigError, match="value_per_correct"):
+        ScopeEngine(store=store, models=cards, value_per_correct=float("nan"))
+
+
+def test_model_without_anchor_outcomes(store: AnchorStore, cards: list[ModelCard]) -> None:
+    from scope_shared import NoAnchorDataError
+
+    extra = ModelCard(name="fresh", input_per_mtok=1, output_per_mtok=1)
+    eng = ScopeEngine(store=store, models=[*cards, extra])
+    with pytest.raises(NoAnchorDataError, match="'fresh'"):
+        eng.route(SUM)
+
+
+def test_empty_store(cards: list[ModelCard]) -> None:
+    eng = ScopeEngine(store=AnchorStore(embedder=HashingEmbedder()), models=cards)
+    with pytest.raises(EmptyStoreError, match="is empty"):
+        eng.route(SUM)
+
+
+def test_record_writes_back_and_settles(store: AnchorStore, cards: list[ModelCard]) -> None:
+    eng = ScopeEngine(store=store, models=cards, budget=Budget(limit=1.0))
+    q = "compose a haiku about rain on the harbour"
+    d = eng.route(q)
+    eng.record(Outcome(query=q, model=d.model, correct=1.0, input_tokens=9, output_tokens=40), decision=d)
+    assert store.count() == 21
+    assert eng.ledger is not None and eng.ledger.spent == pytest.approx(eng.cost_of(d.model, input_tokens=9, output_tokens=40))
+    with pytest.raises(UnknownModelError):
+        eng.record(Outcome(query=q, model="other", correct=1.0))
+
+
+def test_async_matches_sync(store: AnchorStore, cards: list[ModelCard]) -> None:
+    eng = ScopeEngine(store=store, models=cards, value_per_correct=1.0)
+    sync = eng.route_batch([POEM, SUM], reserve=False)
+    got = asyncio.run(eng.aroute_batch([POEM, SUM], reserve=False))
+    assert [d.model for d in got] == [d.model for d in sync]
+    assert got[0].estimates["big"].p_correct == pytest.approx(sync[0].estimates["big"].p_correct)
+
+
+class FlakyStore:
+    """Wraps a real store; fails every call while ``down`` is set."""
+
+    def __init__(self, inner: AnchorStore) -> None:
+        self.inner, self.down, self.adds = inner, False, 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*a: Any, **kw: Any) -> Any:
+            if self.down and name not in ("estimate_input_tokens",):
+                raise StoreUnavailableError("chroma down")
+            if name == "add":
+                self.adds += 1
+            return attr(*a, **kw)
+
+        return call
+
+    @property
+    def version(self) -> str:
+        if self.down:
+            raise StoreUnavailableError("chroma down")
+        return self.inner.version
+
+
+def test_store_down_degrades_and_queues_outcomes(store: AnchorStore, cards: list[ModelCard]) -> None:
+    flaky = FlakyStore(store)
+    eng = ScopeEngine(store=flaky, models=cards, value_per_correct=1.0)  # type: ignore[arg-type]
+    assert not eng.route(POEM).degraded
+    flaky.down = True
+    d = eng.route(POEM)
+    assert d.degraded and "anchor store unavailable" in d.reason
+    q = "a question answered while chroma was down"
+    eng.record(Outcome(query=q, model="big", correct=1.0))
+    assert eng.pending == 1 and store.count() == 20
+    flaky.down = False
+    eng.route(SUM)  # flushes the queue first
+    assert eng.pending == 0 and store.count() == 21
+    raising = ScopeEngine(store=flaky, models=cards, on_store_down="raise")  # type: ignore[arg-type]
+    flaky.down = True
+    with pytest.raises(StoreUnavailableError):
+        raising.route(POEM)
+
+
+class DownEstimator(Estimator):
+    name = "down"
+
+    def _predict(self, queries: Any, models: Any) -> list[dict[str, Prediction]]:
+        raise EstimatorUnavailableError("vLLM at http://x unreachable")
+
+
+def test_estimator_down_falls_back_to_anchor_statistics(store: AnchorStore, cards: list[ModelCard]) -> None:
+    eng = ScopeEngine(store=store, models=cards, estimator=DownEstimator(), value_per_correct=1.0)
+    assert isinstance(eng.fallback, AnchorStatsEstimator)
+    d = eng.route(POEM)
+    assert d.model == "big" and d.degraded and "estimator unavailable" in d.reason
+    assert d.estimate.estimator == "anchors"
+    no_fallback = ScopeEngine(store=store, models=cards, estimator=DownEstimator())
+    no_fallback.fallback = None
+    with pytest.raises(EstimatorUnavailableError):
+        no_fallback.route(POEM)
+
+
+def test_query_context_carries_value(store: AnchorStore, cards: list[ModelCard]) -> None:
+    seen: list[QueryContext] = []
+
+    class Spy(AnchorStatsEstimator):
+        def _predict(self, queries: Any, models: Any) -> list[dict[str, Prediction]]:
+            seen.extend(queries)
+            return super()._predict(queries, models)
+
+    ScopeEngine(store=store, models=cards, estimator=Spy(), value_per_correct=0.5).route(SUM, input_tokens=77)
+    assert seen[0].value_per_correct == 0.5 and seen[0].input_tokens == 77 and seen[0].anchors
