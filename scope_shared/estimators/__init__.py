@@ -9,14 +9,34 @@ from scope_shared.estimators.base import (
     Prediction,
     QueryContext,
 )
+from scope_shared.estimators.hybrid import GatedEstimator, HybridEstimator, escalated
+from scope_shared.estimators.scope_prompt import SCOPE_COT, SCOPE_NOCOT, PromptTemplate
+from scope_shared.estimators.scope_vllm import (
+    HTTPBackend,
+    InProcessBackend,
+    SamplingConfig,
+    ScopeBackend,
+    ScopeLLMEstimator,
+)
 
 __all__ = [
     "AnchorOutcome",
     "AnchorRecord",
     "AnchorStatsEstimator",
     "Estimator",
+    "GatedEstimator",
+    "HTTPBackend",
+    "HybridEstimator",
+    "InProcessBackend",
     "ModelStats",
     "Prediction",
     "Prior",
+    "PromptTemplate",
     "QueryContext",
+    "SCOPE_COT",
+    "SCOPE_NOCOT",
+    "SamplingConfig",
+    "ScopeBackend",
+    "ScopeLLMEstimator",
+    "escalated",
 ]
