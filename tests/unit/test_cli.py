@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scope_shared.cli import main
+from tests.unit.conftest import sample_outcomes
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    rows = sample_outcomes()
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text("\n".join(json.dumps(r.model_dump()) for r in rows))
+    prices = tmp_path / "prices.csv"
+    prices.write_text("model,input_per_mtok,output_per_mtok\nbig,10,30\nsmall,0.2,0.2\n")
+    return {"anchors": anchors, "prices": prices, "store": tmp_path / "store"}
+
+
+def test_ingest_then_route(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--store", str(files["store"]), "--embedder", "hashing"]
+    assert main(["ingest", *base, "-q", str(files["anchors"])]) == 0
+    assert "20 new anchors" in capsys.readouterr().out
+    assert main(["route", *base, "--prices", str(files["prices"]), "write a sonnet poem about the grey moon"]) == 0
+    out = capsys.readouterr().out
+    assert "chosen: big" in out and "anchors behind big" in out and "sonnet" in out
+    assert main(["route", *base, "--prices", str(files["prices"]), "--json", "--value", "0", "what is 5 plus 6 in arithmetic"]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["model"] == "small" and set(decision["estimates"]) == {"big", "small"}
+
+
+def test_errors_are_one_line(files: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("query,model,correct\nhello,m,2\n")
+    assert main(["ingest", "--store", str(files["store"]), "--embedder", "hashing", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("scope-router: error:") and "bad.csv:2" in err
+    assert main(["route", "--store", str(tmp_path / "empty"), "--embedder", "hashing", "--prices", str(files["prices"]), "hi"]) == 2
+    assert "is empty" in capsys.readouterr().err
+    assert main(["evaluate", "--anchors", str(files["anchors"]), "--test", str(files["anchors"]), "--prices", str(files["prices"]), "--embedder", "hashing", "--estimator", "scope"]) == 2
+    assert "--vllm-url" in capsys.readouterr().err
+    assert main(["demo", "--data", str(tmp_path / "nowhere")]) == 2
+    assert "demo data not found" in capsys.readouterr().err
+
+
+def test_chroma_token_comes_from_env(files: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_TOKEN_VAR", raising=False)
+    code = main(["ingest", "--chroma-host", "127.0.0.1", "--chroma-token-env", "NO_SUCH_TOKEN_VAR", "--embedder", "hashing", str(files["anchors"])])
+    assert code == 2 and "NO_SUCH_TOKEN_VAR is not set" in capsys.readouterr().err
+
+
+def test_evaluate_writes_json_and_plot(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, plot = tmp_path / "r.json", tmp_path / "p.png"
+    code = main(["evaluate", "--anchors", str(files["anchors"]), "--test", str(files["anchors"]), "--prices", str(files["prices"]), "--embedder", "hashing", "--json", str(out), "--plot", str(plot)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["routing"]["best_single"]["model"] == "big"
+    assert plot.stat().st_size > 10_000
+    assert "auroc_within_model" in capsys.readouterr().out
