@@ -1,0 +1,28 @@
+"""LlamaIndex adapter: SCOPE as a router selector, an LLM face over several LLMs, and an outcome recorder.
+
+A thin translation layer over :class:`scope_shared.ScopeEngine`; it never talks to Chroma or vLLM itself.
+
+- :class:`ScopeSelector` - a ``BaseSelector`` for ``RouterQueryEngine`` / ``RouterRetriever``;
+- :class:`ScopeLLM` - an ``LLM`` that routes every call to one of several LLMs;
+- :class:`ScopeEventHandler` - an instrumentation event handler that records real outcomes;
+- :class:`ReplayLLM` - a ``CustomLLM`` that answers from recorded outcomes, for offline runs.
+"""
+
+from scope_llamaindex.events import Grader, ScopeCallEvent, ScopeEventHandler, usage_of
+from scope_llamaindex.llm import ScopeLLM
+from scope_llamaindex.replay import ReplayLLM, ReplayMissError, replay_grader
+from scope_llamaindex.selector import ScopeSelection, ScopeSelector, explain
+
+__all__ = [
+    "Grader",
+    "ReplayLLM",
+    "ReplayMissError",
+    "ScopeCallEvent",
+    "ScopeEventHandler",
+    "ScopeLLM",
+    "ScopeSelection",
+    "ScopeSelector",
+    "explain",
+    "replay_grader",
+    "usage_of",
+]

@@ -1,0 +1,352 @@
+"""``ScopeLLM``: one LlamaIndex LLM face over several LLMs, each call routed by SCOPE.
+
+Every ``chat``/``complete`` (streaming and async too) asks the engine which model should answer, calls that
+model's LLM, settles the budget reservation with the real token usage, stamps the decision onto the
+response (``response.additional_kwargs["scope"]``) and announces the finished call with a
+:class:`~scope_llamaindex.ScopeCallEvent` for :class:`~scope_llamaindex.ScopeEventHandler`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.llm import LLM
+
+from scope_llamaindex.events import ScopeCallEvent, text_of, usage_of
+from scope_shared import ConfigError, Decision, ScopeEngine, UnknownModelError
+from scope_shared.engine import UNSET
+
+__all__ = ["ScopeLLM"]
+
+logger = logging.getLogger(__name__)
+dispatcher = get_dispatcher(__name__)
+
+R = TypeVar("R", ChatResponse, CompletionResponse)
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A routed call in flight."""
+
+    call_id: str
+    decision: Decision
+    query: str
+    prompt: str
+    llm: LLM
+
+    @property
+    def model(self) -> str:
+        return self.decision.model
+
+
+def last_user_message(messages: Sequence[ChatMessage]) -> str:
+    """The text of the last user message (every message's text when there is none)."""
+    for message in reversed(messages):
+        if message.role == MessageRole.USER and (message.content or "").strip():
+            return str(message.content)
+    return "\n".join(str(m.content or "") for m in messages)
+
+
+def _prompt_of(messages: Sequence[ChatMessage]) -> str:
+    return "\n".join(str(m.content or "") for m in messages)
+
+
+class ScopeLLM(LLM):
+    """Routes each call to one of several LLMs by SCOPE's expected utility.
+
+    Args:
+        engine: the routing engine.
+        llms: model name (an engine model) -> the LlamaIndex LLM that serves it. Only these are candidates.
+        value_per_correct: USD a correct answer is worth (default: the engine's setting).
+        max_cost_per_call: USD cap per call (default: the engine's setting).
+        query_from: picks the text to route on from chat messages (default: the last user message).
+            ``complete`` routes on the prompt.
+        count_tokens: counts prompt tokens for the cost estimate and when a provider reports no usage
+            (default: the store's characters-per-token estimate).
+        callback_manager: LlamaIndex's legacy callback manager.
+
+    The response's ``additional_kwargs["scope"]`` holds ``call_id``, ``model``, ``decision`` (the decision's
+    summary) and, once the call has finished, ``input_tokens``, ``output_tokens``, ``usage_reported`` and
+    ``cost`` (USD). A stream's chunks carry the first three; its last chunk gets the rest when it ends.
+    """
+
+    engine: ScopeEngine = Field(exclude=True)
+    llms: dict[str, LLM] = Field(exclude=True)
+
+    _value: Any = PrivateAttr(default=UNSET)
+    _cap: Any = PrivateAttr(default=UNSET)
+    _query_from: Callable[[Sequence[ChatMessage]], str] | None = PrivateAttr(default=None)
+    _count_tokens: Callable[[str], int] | None = PrivateAttr(default=None)
+    _warned: set[str] = PrivateAttr(default_factory=set)
+
+    def __init__(
+        self,
+        *,
+        engine: ScopeEngine,
+        llms: Mapping[str, LLM],
+        value_per_correct: float | None = UNSET,
+        max_cost_per_call: float | None = UNSET,
+        query_from: Callable[[Sequence[ChatMessage]], str] | None = None,
+        count_tokens: Callable[[str], int] | None = None,
+        callback_manager: CallbackManager | None = None,
+    ) -> None:
+        if not isinstance(engine, ScopeEngine):
+            msg = f"engine must be a ScopeEngine, got {type(engine).__name__}"
+            raise ConfigError(msg)
+        if not isinstance(llms, Mapping) or not llms:
+            msg = "llms must be a non-empty mapping of model name -> LlamaIndex LLM"
+            raise ConfigError(msg)
+        for name, llm in llms.items():
+            if name not in engine.models:
+                msg = f"llms key {name!r} is not a model of the engine; known: {sorted(engine.models)}"
+                raise UnknownModelError(msg)
+            if not isinstance(llm, LLM):
+                msg = f"llms[{name!r}] must be a LlamaIndex LLM, got {type(llm).__name__}"
+                raise ConfigError(msg)
+        for label, v in (("value_per_correct", value_per_correct), ("max_cost_per_call", max_cost_per_call)):
+            if v is not UNSET and v is not None and not (isinstance(v, int | float) and v >= 0):
+                msg = f"{label} must be a USD amount >= 0 or None, got {v!r}"
+                raise ConfigError(msg)
+        for label, fn in (("query_from", query_from), ("count_tokens", count_tokens)):
+            if fn is not None and not callable(fn):
+                msg = f"{label} must be callable or None"
+                raise ConfigError(msg)
+        kwargs: dict[str, Any] = {"engine": engine, "llms": dict(llms)}
+        if callback_manager is not None:
+            kwargs["callback_manager"] = callback_manager
+        super().__init__(**kwargs)
+        self._value = value_per_correct
+        self._cap = max_cost_per_call
+        self._query_from = query_from
+        self._count_tokens = count_tokens
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "ScopeLLM"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        metas = [llm.metadata for llm in self.llms.values()]
+        return LLMMetadata(
+            model_name="scope-router",
+            context_window=min(m.context_window for m in metas),
+            num_output=min(m.num_output for m in metas),
+            is_chat_model=all(m.is_chat_model for m in metas),
+            is_function_calling_model=False,
+        )
+
+    # -- shared helpers: sync and async bodies differ only by await ------------------------------
+
+    def _tokens(self, text: str) -> int:
+        if self._count_tokens is not None:
+            return int(self._count_tokens(text))
+        return int(self.engine.store.estimate_input_tokens(text)) if text else 0
+
+    def _route_kwargs(self, query: str, prompt: str) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"candidates": list(self.llms)}
+        if self._value is not UNSET:
+            kwargs["value_per_correct"] = self._value
+        if self._cap is not UNSET:
+            kwargs["max_cost_per_call"] = self._cap
+        if self._count_tokens is not None or prompt != query:
+            kwargs["input_tokens"] = float(self._tokens(prompt))
+        return kwargs
+
+    def _call(self, decision: Decision, query: str, prompt: str) -> _Call:
+        return _Call(uuid.uuid4().hex, decision, query, prompt, self.llms[decision.model])
+
+    def _stamp(self, call: _Call) -> dict[str, Any]:
+        return {"call_id": call.call_id, "model": call.model, "decision": call.decision.summary()}
+
+    def _abort(self, call: _Call) -> None:
+        self.engine.release(call.decision)
+
+    def _finish(
+        self, call: _Call, response: ChatResponse | CompletionResponse, *, completed: bool = True
+    ) -> None:
+        """Settle the reservation with the real usage, stamp the response and announce the call."""
+        inp, out = usage_of(response)
+        reported = inp is not None and out is not None
+        answer = text_of(response)
+        if not reported and call.model not in self._warned:
+            self._warned.add(call.model)
+            logger.warning(
+                "%s reported no token usage; its cost is settled from token counts estimated from the text "
+                "(usage_reported=False in the response)",
+                call.model,
+            )
+        inp = inp if inp is not None else self._tokens(call.prompt)
+        out = out if out is not None else self._tokens(answer)
+        cost = self.engine.cost_of(call.model, input_tokens=inp, output_tokens=out)
+        self.engine.settle(call.decision, cost=cost)
+        info = self._stamp(call)
+        info.update(input_tokens=inp, output_tokens=out, usage_reported=reported, cost=cost)
+        response.additional_kwargs["scope"] = info
+        if completed:
+            dispatcher.event(
+                ScopeCallEvent(
+                    call_id=call.call_id,
+                    query=call.query,
+                    model=call.model,
+                    answer=answer,
+                    input_tokens=inp,
+                    output_tokens=out,
+                    usage_reported=reported,
+                    cost=cost,
+                    decision=call.decision,
+                )
+            )
+
+    def _end_stream(
+        self, call: _Call, last: ChatResponse | CompletionResponse | None, completed: bool
+    ) -> None:
+        # A stream that yielded nothing never cost anything we can count: release; otherwise settle what ran.
+        if last is None:
+            self._abort(call)
+        else:
+            self._finish(call, last, completed=completed)
+
+    def _stream(self, call: _Call, chunks: Generator[R, None, None]) -> Generator[R, None, None]:
+        stamp = self._stamp(call)
+        last: R | None = None
+        completed = False
+        try:
+            for chunk in chunks:
+                chunk.additional_kwargs["scope"] = stamp
+                last = chunk
+                yield chunk
+            completed = True
+        finally:
+            self._end_stream(call, last, completed)
+
+    async def _astream(self, call: _Call, chunks: AsyncGenerator[R, None]) -> AsyncGenerator[R, None]:
+        stamp = self._stamp(call)
+        last: R | None = None
+        completed = False
+        try:
+            async for chunk in chunks:
+                chunk.additional_kwargs["scope"] = stamp
+                last = chunk
+                yield chunk
+            completed = True
+        finally:
+            self._end_stream(call, last, completed)
+
+    # -- chat ------------------------------------------------------------------------------------
+
+    def _route_chat(self, messages: Sequence[ChatMessage]) -> tuple[str, str, dict[str, Any]]:
+        query, prompt = (self._query_from or last_user_message)(messages), _prompt_of(messages)
+        return query, prompt, self._route_kwargs(query, prompt)
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        query, prompt, route = self._route_chat(messages)
+        call = self._call(self.engine.route(query, **route), query, prompt)
+        try:
+            response = call.llm.chat(messages, **kwargs)
+        except BaseException:
+            self._abort(call)
+            raise
+        self._finish(call, response)
+        return response
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        query, prompt, route = self._route_chat(messages)
+        call = self._call(await self.engine.aroute(query, **route), query, prompt)
+        try:
+            response = await call.llm.achat(messages, **kwargs)
+        except BaseException:
+            self._abort(call)
+            raise
+        self._finish(call, response)
+        return response
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        query, prompt, route = self._route_chat(messages)
+        call = self._call(self.engine.route(query, **route), query, prompt)
+        try:
+            chunks = call.llm.stream_chat(messages, **kwargs)
+        except BaseException:
+            self._abort(call)
+            raise
+        return self._stream(call, chunks)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        query, prompt, route = self._route_chat(messages)
+        call = self._call(await self.engine.aroute(query, **route), query, prompt)
+        try:
+            chunks = await call.llm.astream_chat(messages, **kwargs)
+        except BaseException:
+            self._abort(call)
+            raise
+        return self._astream(call, chunks)
+
+    # -- completion ------------------------------------------------------------------------------
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        call = self._call(self.engine.route(prompt, **self._route_kwargs(prompt, prompt)), prompt, prompt)
+        try:
+            response = call.llm.complete(prompt, formatted=formatted, **kwargs)
+        except BaseException:
+            self._abort(call)
+            raise
+        self._finish(call, response)
+        return response
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        decision = await self.engine.aroute(prompt, **self._route_kwargs(prompt, prompt))
+        call = self._call(decision, prompt, prompt)
+        try:
+            response = await call.llm.acomplete(prompt, formatted=formatted, **kwargs)
+        except BaseException:
+            self._abort(call)
+            raise
+        self._finish(call, response)
+        return response
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        call = self._call(self.engine.route(prompt, **self._route_kwargs(prompt, prompt)), prompt, prompt)
+        try:
+            chunks = call.llm.stream_complete(prompt, formatted=formatted, **kwargs)
+        except BaseException:
+            self._abort(call)
+            raise
+        return self._stream(call, chunks)
+
+    @llm_completion_callback()
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        decision = await self.engine.aroute(prompt, **self._route_kwargs(prompt, prompt))
+        call = self._call(decision, prompt, prompt)
+        try:
+            chunks = await call.llm.astream_complete(prompt, formatted=formatted, **kwargs)
+        except BaseException:
+            self._abort(call)
+            raise
+        return self._astream(call, chunks)

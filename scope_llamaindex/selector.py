@@ -1,0 +1,258 @@
+"""SCOPE as a LlamaIndex selector, for ``RouterQueryEngine`` and ``RouterRetriever``.
+
+Each choice's ``ToolMetadata.name`` names a model of the engine; the selector routes the query over those
+models and returns the winner (or the top ``max_outputs`` by utility within the cost limits) with a reason
+that explains the decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from llama_index.core.base.base_selector import BaseSelector, MultiSelection, SelectorResult, SingleSelection
+from llama_index.core.bridge.pydantic import PrivateAttr
+from llama_index.core.prompts.mixin import PromptDictType
+from llama_index.core.schema import QueryBundle
+from llama_index.core.tools.types import ToolMetadata
+
+from scope_llamaindex.events import Ticket, close_ticket, open_tickets
+from scope_shared import ConfigError, Decision, ScopeEngine, UnknownModelError
+from scope_shared.engine import UNSET
+
+__all__ = ["ScopeSelection", "ScopeSelector", "explain"]
+
+logger = logging.getLogger(__name__)
+
+
+class ScopeSelection(SingleSelection):
+    """A :class:`SingleSelection` that also carries the SCOPE decision behind it.
+
+    ``input_tokens``, ``output_tokens`` and ``cost`` sum the LLM calls attributed to this selection by a
+    registered :class:`~scope_llamaindex.ScopeEventHandler` (zero without one).
+    """
+
+    model: str
+    call_id: str
+    decision: Decision
+    _ticket: Ticket | None = PrivateAttr(default=None)
+
+    @property
+    def calls(self) -> int:
+        return self._ticket.calls if self._ticket else 0
+
+    @property
+    def input_tokens(self) -> int:
+        return self._ticket.input_tokens if self._ticket else 0
+
+    @property
+    def output_tokens(self) -> int:
+        return self._ticket.output_tokens if self._ticket else 0
+
+    @property
+    def cost(self) -> float:
+        """Real USD of the LLM calls attributed to this selection."""
+        return self._ticket.cost if self._ticket else 0.0
+
+
+def explain(decision: Decision, model: str | None = None) -> str:
+    """One sentence: the chosen model's and the runner-up's expected accuracy and cost, and the anchors."""
+    name = model or decision.model
+    est = decision.estimates[name]
+    text = f"SCOPE chose {name}: expected accuracy {est.p_correct:.0%} at ${est.cost:.6f}"
+    others = [m for m in decision.ranking() if m != name and m in decision.utilities]
+    if others:
+        ru = decision.estimates[others[0]]
+        text += f"; runner-up {others[0]}: {ru.p_correct:.0%} at ${ru.cost:.6f}"
+    value = decision.value_per_correct
+    if name in decision.utilities and others:
+        if value is None or math.isinf(value):
+            text += " (ranked by accuracy)"
+        else:
+            text += (
+                f" (utility {decision.utilities[name]:.6g} vs {decision.utilities[others[0]]:.6g} "
+                f"at ${value:.6g} per correct answer)"
+            )
+    if est.evidence:
+        top = est.evidence[0]
+        question = (top.question or "").replace("\n", " ").strip()
+        snippet = f': "{question[:60]}{"..." if len(question) > 60 else ""}"' if question else ""
+        text += f"; from {len(est.evidence)} similar anchors (most similar {top.similarity:.2f}{snippet})"
+    else:
+        text += f"; estimated by {est.estimator} without anchor evidence"
+    if decision.excluded:
+        text += f"; {len(decision.excluded)} excluded by cost limits"
+    if decision.degraded:
+        text += f"; degraded: {decision.reason}"
+    return text + "."
+
+
+class ScopeSelector(BaseSelector):
+    """Selects among tools named after the engine's models by SCOPE's expected utility.
+
+    Args:
+        engine: the routing engine; every choice's ``ToolMetadata.name`` must be one of its models.
+        value_per_correct: USD a correct answer is worth (default: the engine's setting).
+        max_cost_per_call: USD cap per call (default: the engine's setting).
+        max_outputs: 1 for a single selection; more for top-n by utility among the candidates within the
+            cost limits (each extra one must also fit the budget), like ``PydanticMultiSelector``.
+        reserve: with a budget, hold each selected model's expected cost until a registered
+            :class:`~scope_llamaindex.ScopeEventHandler` settles it with the real cost of its LLM calls
+            (or :meth:`release` is called). ``False`` decides without consulting the budget.
+        count_tokens: counts a query's prompt tokens for the cost estimate (default: the store's
+            characters-per-token estimate).
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: ScopeEngine,
+        value_per_correct: float | None = UNSET,
+        max_cost_per_call: float | None = UNSET,
+        max_outputs: int = 1,
+        reserve: bool = True,
+        count_tokens: Callable[[str], int] | None = None,
+    ) -> None:
+        if not isinstance(engine, ScopeEngine):
+            msg = f"engine must be a ScopeEngine, got {type(engine).__name__}"
+            raise ConfigError(msg)
+        if isinstance(max_outputs, bool) or not isinstance(max_outputs, int) or max_outputs < 1:
+            msg = f"max_outputs must be an int >= 1, got {max_outputs!r}"
+            raise ConfigError(msg)
+        for label, v in (("value_per_correct", value_per_correct), ("max_cost_per_call", max_cost_per_call)):
+            if v is not UNSET and v is not None and not (isinstance(v, int | float) and v >= 0):
+                msg = f"{label} must be a USD amount >= 0 or None, got {v!r}"
+                raise ConfigError(msg)
+        if count_tokens is not None and not callable(count_tokens):
+            msg = "count_tokens must be a callable str -> int, or None"
+            raise ConfigError(msg)
+        self.engine = engine
+        self.value_per_correct = value_per_correct
+        self.max_cost_per_call = max_cost_per_call
+        self.max_outputs = max_outputs
+        self.reserve = reserve
+        self.count_tokens = count_tokens
+
+    def __repr__(self) -> str:
+        return f"ScopeSelector(engine={self.engine!r}, max_outputs={self.max_outputs})"
+
+    # -- prompt mixin: SCOPE uses no prompt --------------------------------------------------------
+
+    def _get_prompts(self) -> PromptDictType:
+        return {}
+
+    def _update_prompts(self, prompts_dict: PromptDictType) -> None:
+        if prompts_dict:
+            logger.debug("ScopeSelector has no prompts; ignored %s", sorted(prompts_dict))
+
+    # -- selection -----------------------------------------------------------------------------
+
+    def _candidates(self, choices: Sequence[ToolMetadata]) -> list[str]:
+        known = sorted(self.engine.models)
+        names: list[str] = []
+        for i, choice in enumerate(choices):
+            name = choice.name
+            if not name:
+                msg = f"choice {i} has no name; name each tool after one of the engine's models: {known}"
+                raise ConfigError(msg)
+            if name not in self.engine.models:
+                msg = (
+                    f"choice {i} is named {name!r}, not a model of the engine; "
+                    f"name each tool after one of {known}"
+                )
+                raise UnknownModelError(msg)
+            if name in names:
+                msg = f"choices {names.index(name)} and {i} are both named {name!r}; one tool per model"
+                raise ConfigError(msg)
+            names.append(name)
+        if not names:
+            msg = "no choices to select from"
+            raise ConfigError(msg)
+        return names
+
+    def _route_kwargs(self, query: QueryBundle, names: list[str]) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"candidates": names, "reserve": self.reserve}
+        if self.value_per_correct is not UNSET:
+            kwargs["value_per_correct"] = self.value_per_correct
+        if self.max_cost_per_call is not UNSET:
+            kwargs["max_cost_per_call"] = self.max_cost_per_call
+        if self.count_tokens is not None:
+            kwargs["input_tokens"] = float(self.count_tokens(query.query_str))
+        return kwargs
+
+    def _select(self, choices: Sequence[ToolMetadata], query: QueryBundle) -> SelectorResult:
+        names = self._candidates(choices)
+        decision = self.engine.route(query.query_str, **self._route_kwargs(query, names))
+        return self._result(decision, names)
+
+    async def _aselect(self, choices: Sequence[ToolMetadata], query: QueryBundle) -> SelectorResult:
+        names = self._candidates(choices)
+        decision = await self.engine.aroute(query.query_str, **self._route_kwargs(query, names))
+        return self._result(decision, names)
+
+    def _extras(self, decision: Decision) -> list[Decision]:
+        """The next-best candidates within the cost limits, each with its own reservation."""
+        ledger = self.engine.ledger if self.reserve else None
+        extras: list[Decision] = []
+        for name in decision.ranking():
+            if 1 + len(extras) >= self.max_outputs:
+                break
+            if name == decision.model or name not in decision.utilities:
+                continue
+            amount = decision.estimates[name].cost * self.engine.reserve_factor
+            res = ledger.try_reserve(amount, model=name) if ledger is not None else None
+            if ledger is not None and res is None:
+                logger.debug("multi-selection: %s (expected $%.6g) does not fit the budget", name, amount)
+                continue
+            extras.append(
+                decision.model_copy(
+                    update={
+                        "model": name,
+                        "utility": decision.utilities[name],
+                        "reason": f"ranked #{len(extras) + 2} by utility",
+                        "reservation_id": res.id if res else None,
+                        "reserved_cost": res.amount if res else 0.0,
+                    }
+                )
+            )
+        return extras
+
+    def _result(self, decision: Decision, names: list[str]) -> SelectorResult:
+        decisions = [decision] + (self._extras(decision) if self.max_outputs > 1 else [])
+        tickets = open_tickets(self.engine, decisions)
+        selections: list[SingleSelection] = []
+        for d, ticket in zip(decisions, tickets, strict=True):
+            sel = ScopeSelection(
+                index=names.index(d.model),
+                reason=explain(decision, d.model),
+                model=d.model,
+                call_id=ticket.call_id,
+                decision=d,
+            )
+            sel._ticket = ticket
+            selections.append(sel)
+        logger.debug("selected %s for query %.60r", [d.model for d in decisions], decision.query)
+        return MultiSelection(selections=selections)
+
+    def release(self, result: Any) -> int:
+        """Release the reservations of selections whose models were never called; returns how many.
+
+        Use it after a ``RouterRetriever`` retrieval, or when the routed call never ran. ``result`` is a
+        ``SelectorResult``, a router ``Response`` (its ``metadata["selector_result"]``) or a ScopeSelection.
+        """
+        if isinstance(result, ScopeSelection):
+            selections: list[Any] = [result]
+        else:
+            found = getattr(result, "selections", None)
+            if found is None:
+                metadata = getattr(result, "metadata", None)
+                found = getattr(metadata.get("selector_result"), "selections", None) if metadata else None
+            selections = list(found or [])
+        released = 0
+        for sel in selections:
+            ticket = getattr(sel, "_ticket", None)
+            if isinstance(ticket, Ticket) and ticket.calls == 0 and close_ticket(ticket):
+                released += ticket.decision.reservation_id is not None
+        return released

@@ -1,0 +1,240 @@
+"""ScopeSelector driven through real RouterQueryEngine and RouterRetriever objects."""
+
+from __future__ import annotations
+
+import pytest
+from llama_index.core import Document, VectorStoreIndex
+from llama_index.core.base.base_selector import MultiSelection
+from llama_index.core.query_engine import RouterQueryEngine
+from llama_index.core.retrievers import RouterRetriever
+from llama_index.core.schema import TextNode
+from llama_index.core.tools import QueryEngineTool, RetrieverTool, ToolMetadata
+
+from scope_llamaindex import ScopeEventHandler, ScopeSelection, ScopeSelector, replay_grader
+from scope_shared import BudgetExceededError, ConfigError, ScopeEngine, UnknownModelError
+from tests.unit.llamaindex_fixtures import (  # noqa: F401
+    Q_CAPITAL,
+    Q_CODE,
+    li_settings,
+    make_engine,
+    recorded,
+    replay_llms,
+)
+
+pytestmark = pytest.mark.usefixtures("li_settings")
+
+
+def _index() -> VectorStoreIndex:
+    return VectorStoreIndex.from_documents(
+        [Document(text="Every country has a capital city."), Document(text="Python lists sort in place.")]
+    )
+
+
+def _tools(names: list[str] | None = None) -> list[QueryEngineTool]:
+    index = _index()
+    llms = replay_llms()
+    return [
+        QueryEngineTool(
+            query_engine=index.as_query_engine(llm=llms[name]),
+            metadata=ToolMetadata(name=name, description=f"the index answered by {name}"),
+        )
+        for name in (names or ["small", "mid", "big"])
+    ]
+
+
+def _router(engine: ScopeEngine, **kw: object) -> RouterQueryEngine:
+    return RouterQueryEngine(selector=ScopeSelector(engine=engine, **kw), query_engine_tools=_tools())  # type: ignore[arg-type]
+
+
+def _selection(response: object) -> ScopeSelection:
+    result = response.metadata["selector_result"]  # type: ignore[attr-defined]
+    assert isinstance(result, MultiSelection)
+    sel = result.selections[0]
+    assert isinstance(sel, ScopeSelection)
+    return sel
+
+
+def test_router_query_engine_picks_by_utility_and_answers_with_that_model() -> None:
+    router = _router(make_engine())
+    cheap = router.query(Q_CAPITAL)
+    hard = router.query(Q_CODE)
+    assert _selection(cheap).model == "small"
+    assert _selection(hard).model == "big"
+    # The answer really came from the selected tool's LLM.
+    assert str(cheap).startswith("[small replay") and str(hard).startswith("[big replay")
+    assert _selection(cheap).index == 0 and _selection(hard).index == 2
+
+
+def test_selection_reason_explains_winner_runner_up_and_anchors() -> None:
+    sel = _selection(_router(make_engine()).query(Q_CODE))
+    assert sel.reason.startswith("SCOPE chose big: expected accuracy")
+    assert "runner-up " in sel.reason
+    assert "similar anchors (most similar" in sel.reason
+    est = sel.decision.estimates["big"]
+    assert f"{est.p_correct:.0%}" in sel.reason and f"${est.cost:.6f}" in sel.reason
+    assert sel.decision.model == "big" and set(sel.decision.estimates) == {"small", "mid", "big"}
+
+
+def test_value_per_correct_override_changes_the_choice() -> None:
+    engine = make_engine(value_per_correct=0.01)
+    assert _selection(_router(engine).query(Q_CODE)).model == "big"
+    # A correct answer worth nothing: the cheapest model wins.
+    assert _selection(_router(engine, value_per_correct=0.0).query(Q_CODE)).model == "small"
+
+
+async def test_router_query_engine_async() -> None:
+    router = _router(make_engine())
+    response = await router.aquery(Q_CODE)
+    assert _selection(response).model == "big"
+    assert str(response).startswith("[big replay")
+
+
+def test_tool_names_must_be_engine_models() -> None:
+    router = RouterQueryEngine(
+        selector=ScopeSelector(engine=make_engine()),
+        query_engine_tools=[
+            QueryEngineTool(
+                query_engine=_index().as_query_engine(), metadata=ToolMetadata(name="gpt-9", description="x")
+            )
+        ],
+    )
+    with pytest.raises(
+        UnknownModelError, match=r"'gpt-9'.*name each tool after one of \['big', 'mid', 'small'\]"
+    ):
+        router.query(Q_CODE)
+
+
+def test_duplicate_and_missing_tool_names_are_rejected() -> None:
+    selector = ScopeSelector(engine=make_engine())
+    with pytest.raises(ConfigError, match="both named 'small'"):
+        selector.select(
+            [ToolMetadata(name="small", description="a"), ToolMetadata(name="small", description="b")], "q"
+        )
+    with pytest.raises(ConfigError, match="has no name"):
+        selector.select(["a plain description"], "q")
+
+
+def test_constructor_validates() -> None:
+    with pytest.raises(ConfigError, match="ScopeEngine"):
+        ScopeSelector(engine="engine")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_outputs"):
+        ScopeSelector(engine=make_engine(), max_outputs=0)
+    with pytest.raises(ConfigError, match="value_per_correct"):
+        ScopeSelector(engine=make_engine(), value_per_correct=-1.0)
+    with pytest.raises(TypeError):
+        ScopeSelector(make_engine())  # type: ignore[misc]
+
+
+def test_prompt_mixin_has_no_prompts() -> None:
+    selector = ScopeSelector(engine=make_engine())
+    assert selector.get_prompts() == {}
+    selector.update_prompts({})
+    router = _router(make_engine())
+    assert not any(k.startswith("selector:") for k in router.get_prompts())
+
+
+def test_multi_selection_takes_top_n_by_utility() -> None:
+    engine = make_engine()
+    selector = ScopeSelector(engine=engine, max_outputs=2)
+    choices = [ToolMetadata(name=n, description=n) for n in ("small", "mid", "big")]
+    result = selector.select(choices, Q_CODE)
+    decision = result.selections[0].decision
+    assert [s.model for s in result.selections] == decision.ranking()[:2]
+    assert result.inds == [("small", "mid", "big").index(m) for m in decision.ranking()[:2]]
+    assert result.selections[1].reason.startswith(f"SCOPE chose {decision.ranking()[1]}")
+
+
+def test_multi_selection_stays_within_the_budget() -> None:
+    engine = make_engine(budget=1.0)
+    selector = ScopeSelector(engine=engine, max_outputs=3)
+    choices = [ToolMetadata(name=n, description=n) for n in ("small", "mid", "big")]
+    first = selector.select(choices, Q_CODE)
+    assert len(first.selections) == 3
+    held = sum(s.decision.reserved_cost for s in first.selections)
+    assert engine.ledger is not None and engine.ledger.held == pytest.approx(held)
+    assert selector.release(first) == 3 and engine.ledger.held == 0.0
+    # Leave room for the winner only: the extras no longer fit and are dropped.
+    big = first.selections[0].decision.estimates["big"].cost
+    tight = make_engine(budget=big * 1.0001)
+    result = ScopeSelector(engine=tight, max_outputs=3).select(choices, Q_CODE)
+    assert [s.model for s in result.selections] == ["big"]
+
+
+def test_multi_selection_through_router_query_engine_combines_answers() -> None:
+    router = RouterQueryEngine(
+        selector=ScopeSelector(engine=make_engine(), max_outputs=2),
+        query_engine_tools=_tools(),
+    )
+    response = router.query(Q_CODE)
+    models = [s.model for s in response.metadata["selector_result"].selections]
+    assert len(models) == 2 and models[0] == "big"
+
+
+def test_budget_reservation_is_settled_by_the_handler_with_real_cost() -> None:
+    engine = make_engine(budget=1.0)
+    router = _router(engine)
+    with ScopeEventHandler(engine=engine, grader=replay_grader([recorded(Q_CODE, "big")])) as handler:
+        response = router.query(Q_CODE)
+    sel = _selection(response)
+    out = recorded(Q_CODE, "big")
+    real = engine.cost_of("big", input_tokens=out.input_tokens or 0, output_tokens=out.output_tokens or 0)
+    assert engine.ledger is not None
+    assert engine.ledger.held == 0.0
+    assert engine.ledger.spent == pytest.approx(real)
+    assert sel.cost == pytest.approx(real) and sel.output_tokens == out.output_tokens and sel.calls == 1
+    assert handler.recorded == 1
+
+
+def test_budget_that_fits_nothing_raises() -> None:
+    engine = make_engine(budget=1e-12)
+    with pytest.raises(BudgetExceededError):
+        _router(engine).query(Q_CODE)
+
+
+def test_budget_steers_to_a_model_that_fits() -> None:
+    probe = make_engine()
+    estimates = (
+        ScopeSelector(engine=probe)
+        .select([ToolMetadata(name=n, description=n) for n in ("small", "mid", "big")], Q_CODE)
+        .selections[0]
+        .decision.estimates
+    )
+    engine = make_engine(budget=estimates["mid"].cost * 1.5)
+    assert _selection(_router(engine).query(Q_CODE)).model in {"small", "mid"}
+
+
+def test_reserve_false_holds_nothing() -> None:
+    engine = make_engine(budget=1.0)
+    sel = _selection(_router(engine, reserve=False).query(Q_CODE))
+    assert sel.decision.reservation_id is None
+    assert engine.ledger is not None and engine.ledger.held == 0.0 and engine.ledger.spent == 0.0
+
+
+def _retriever_tools() -> list[RetrieverTool]:
+    tools = []
+    for name in ("small", "mid", "big"):
+        index = VectorStoreIndex([TextNode(text=f"passage kept for {name}", id_=f"node-{name}")])
+        tools.append(
+            RetrieverTool(retriever=index.as_retriever(), metadata=ToolMetadata(name=name, description=name))
+        )
+    return tools
+
+
+def test_router_retriever_returns_the_selected_models_nodes() -> None:
+    engine = make_engine(budget=1.0)
+    selector = ScopeSelector(engine=engine)
+    retriever = RouterRetriever(selector=selector, retriever_tools=_retriever_tools())
+    nodes = retriever.retrieve(Q_CODE)
+    assert [n.node.node_id for n in nodes] == ["node-big"]
+    assert engine.ledger is not None and engine.ledger.held > 0
+    # No LLM ran for a retrieval: the caller releases the selection's reservation.
+    result = selector.select([ToolMetadata(name="big", description="b")], Q_CODE)
+    assert selector.release(result) == 1
+
+
+async def test_router_retriever_async_multi() -> None:
+    selector = ScopeSelector(engine=make_engine(), max_outputs=2)
+    retriever = RouterRetriever(selector=selector, retriever_tools=_retriever_tools())
+    nodes = await retriever.aretrieve(Q_CAPITAL)
+    ids = {n.node.node_id for n in nodes}
+    assert len(ids) == 2 and "node-small" in ids
