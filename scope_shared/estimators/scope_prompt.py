@@ -176,7 +176,8 @@ class ParsedSample:
         return self.correct is not None
 
 
-_PRED_LABEL = re.compile(r"predicted[\s*_]+performance[\s*_]*(?::|：)?", re.IGNORECASE)
+# A label, not prose: "Predicted Performance" followed by a colon, a line break or the opening brace.
+_PRED_LABEL = re.compile(r"predicted[ \t*_]+performance[ \t*_#]*(?::|：|\r?\n|(?=\{))", re.IGNORECASE)
 _ANALYSIS_LABEL = re.compile(r"(?im)^[\s#>*_\-]*analysis[\s*_]*(?::|：)[\s*_]*")
 _LEN_FIELD = re.compile(r"\blen(?:gth)?\s*[:=]\s*[\[(\"']?\s*(?:~|≈|about\s+)?\s*(\d[\d,]*)", re.IGNORECASE)
 _CORRECT_FIELD = re.compile(r"\bcorrect(?:ness)?\s*[:=]\s*[\[(\"']?\s*(yes|no|true|false)\b", re.IGNORECASE)
@@ -223,5 +224,5 @@ def parse_output(text: str) -> ParsedSample:
 def _analysis(head: str) -> str | None:
     found = list(_ANALYSIS_LABEL.finditer(head))
     body = head[found[-1].end() :] if found else head
-    body = body.strip().strip("*_").strip()
+    body = body.strip().lstrip("*_ \t").rstrip("#*_ \t\r\n")
     return body or None

@@ -46,6 +46,7 @@ from tenacity import (
     stop_when_event_set,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 
 from scope_shared.errors import ConfigError, EstimatorUnavailableError, NoAnchorDataError
 from scope_shared.estimators.base import (
@@ -322,6 +323,18 @@ class HTTPBackend(ScopeBackend):
         logger.warning("%s", msg)
         return EstimatorUnavailableError(msg)
 
+    def _stop(self) -> stop_base:
+        return stop_after_attempt(self.retries + 1)
+
+    def _retry_policy(self) -> dict[str, Any]:
+        """Retry connection errors, timeouts, 429 and 5xx with exponential backoff and jitter."""
+        return {
+            "wait": wait_exponential_jitter(initial=self.backoff, max=self.backoff * 8, jitter=self.backoff),
+            "retry": retry_if_exception(_is_transient),
+            "before_sleep": _log_retry,
+            "reraise": True,
+        }
+
     def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[Completion]:
         if not prompts:
             return []
@@ -329,13 +342,7 @@ class HTTPBackend(ScopeBackend):
         failed = threading.Event()
 
         def one(prompt: str) -> Completion:
-            retrying = Retrying(
-                stop=stop_after_attempt(self.retries + 1) | stop_when_event_set(failed),
-                wait=wait_exponential_jitter(initial=self.backoff, max=max(self.backoff * 8, 0.01)),
-                retry=retry_if_exception(_is_transient),
-                before_sleep=_log_retry,
-                reraise=True,
-            )
+            retrying = Retrying(stop=self._stop() | stop_when_event_set(failed), **self._retry_policy())
             body = _request_body(self.model, prompt, sampling)
 
             def attempt() -> Completion:
@@ -385,13 +392,7 @@ class HTTPBackend(ScopeBackend):
 
             async def one(prompt: str) -> Completion:
                 body = _request_body(self.model, prompt, sampling)
-                retrying = AsyncRetrying(
-                    stop=stop_after_attempt(self.retries + 1),
-                    wait=wait_exponential_jitter(initial=self.backoff, max=max(self.backoff * 8, 0.01)),
-                    retry=retry_if_exception(_is_transient),
-                    before_sleep=_log_retry,
-                    reraise=True,
-                )
+                retrying = AsyncRetrying(stop=self._stop(), **self._retry_policy())
 
                 async def attempt() -> Completion:
                     async with semaphore:
