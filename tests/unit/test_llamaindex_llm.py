@@ -199,11 +199,7 @@ def test_missing_usage_is_estimated_and_flagged(caplog: pytest.LogCaptureFixture
     assert scope["usage_reported"] is False
     assert scope["output_tokens"] == round(400 * engine.store.tokens_per_char)
     assert "reported no token usage" in caplog.text
-    assert (
-        engine.ledger is not None
-        and engine.ledger.spent == pytest.approx(scope["cost"])
-        and scope["cost"] > 0
-    )
+    assert engine.ledger is not None and engine.ledger.spent == pytest.approx(scope["cost"]) and scope["cost"] > 0
 
 
 def test_abandoned_stream_settles_what_ran() -> None:

@@ -98,18 +98,14 @@ def test_tool_names_must_be_engine_models() -> None:
             )
         ],
     )
-    with pytest.raises(
-        UnknownModelError, match=r"'gpt-9'.*name each tool after one of \['big', 'mid', 'small'\]"
-    ):
+    with pytest.raises(UnknownModelError, match=r"'gpt-9'.*name each tool after one of \['big', 'mid', 'small'\]"):
         router.query(Q_CODE)
 
 
 def test_duplicate_and_missing_tool_names_are_rejected() -> None:
     selector = ScopeSelector(engine=make_engine())
     with pytest.raises(ConfigError, match="both named 'small'"):
-        selector.select(
-            [ToolMetadata(name="small", description="a"), ToolMetadata(name="small", description="b")], "q"
-        )
+        selector.select([ToolMetadata(name="small", description="a"), ToolMetadata(name="small", description="b")], "q")
     with pytest.raises(ConfigError, match="has no name"):
         selector.select(["a plain description"], "q")
 
@@ -214,9 +210,7 @@ def _retriever_tools() -> list[RetrieverTool]:
     tools = []
     for name in ("small", "mid", "big"):
         index = VectorStoreIndex([TextNode(text=f"passage kept for {name}", id_=f"node-{name}")])
-        tools.append(
-            RetrieverTool(retriever=index.as_retriever(), metadata=ToolMetadata(name=name, description=name))
-        )
+        tools.append(RetrieverTool(retriever=index.as_retriever(), metadata=ToolMetadata(name=name, description=name)))
     return tools
 
 
