@@ -141,7 +141,10 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 def _summary_lines(report: dict[str, Any]) -> list[str]:
     est, rt = report["estimation"], report["routing"]
-    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
     return [
         f"estimator={report['estimator']} embedder={report['embedder']} anchors={report['anchors']} "
         f"test queries={report['test_queries']} pool={len(rt['pool'])} models",

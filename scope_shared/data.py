@@ -101,7 +101,7 @@ def _rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
                     raise DataError(msg)
                 yield lineno, obj
         else:
-            reader = csv.DictReader(fh)  # type: ignore[arg-type]
+            reader = csv.DictReader(fh)
             header = reader.fieldnames or []
             missing = [c for c in REQUIRED if c not in header]
             if missing:
@@ -130,7 +130,7 @@ def load_prices(path: str | Path) -> list[ModelCard]:
     cards: dict[str, ModelCard] = {}
     try:
         with _open_text(p) as fh:
-            reader = csv.DictReader(fh)  # type: ignore[arg-type]
+            reader = csv.DictReader(fh)
             need = ("model", "input_per_mtok", "output_per_mtok")
             missing = [c for c in need if c not in (reader.fieldnames or [])]
             if missing:

@@ -62,7 +62,8 @@ def _normalise(vectors: Any, n: int) -> Matrix:
         raise EmbedderError(msg)
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
-    return arr / norms
+    out: Matrix = arr / norms
+    return out
 
 
 class MiniLMEmbedder:
@@ -203,7 +204,7 @@ class CachedEmbedder:
         if missing:
             fresh = self._inner.embed(missing)
             with self._lock:
-                for t, v in zip(missing, fresh):
+                for t, v in zip(missing, fresh, strict=True):
                     found[t] = v
                     self._cache[t] = v
                 while len(self._cache) > self._maxsize:

@@ -178,7 +178,7 @@ class ScopeEngine:
         reason = ""
         try:
             self.store.require_anchors()
-            stats = self.store.model_stats()
+            stats: Mapping[str, ModelStats] = self.store.model_stats()
             self._last_stats = stats
             anchors = self.store.query(self.store.embed([t[:MAX_QUERY_CHARS] for t in texts]), k=self._retrieve_k())
             version = self.store.version
@@ -196,7 +196,7 @@ class ScopeEngine:
                 stats=stats,
                 anchor_version=version,
             )
-            for t, n, a in zip(texts, tokens, anchors)
+            for t, n, a in zip(texts, tokens, anchors, strict=True)
         ]
         return ctxs, reason
 
@@ -220,7 +220,9 @@ class ScopeEngine:
     def _fallback_or_raise(self, exc: EstimatorUnavailableError) -> Estimator:
         if self.fallback is None:
             raise exc
-        logger.warning("estimator %s unavailable (%s); falling back to %s", self.estimator.name, exc, self.fallback.name)
+        logger.warning(
+            "estimator %s unavailable (%s); falling back to %s", self.estimator.name, exc, self.fallback.name
+        )
         return self.fallback
 
     def estimate(

@@ -103,7 +103,8 @@ class ReplayTable:
         best = np.max(util, axis=1, keepdims=True)
         tied = np.isclose(util, best, rtol=0.0, atol=1e-12)
         cost = np.where(tied, self.est_cost, np.inf)
-        return np.argmin(cost, axis=1)
+        picks: npt.NDArray[np.int64] = np.argmin(cost, axis=1)
+        return picks
 
     def point(self, value_per_correct: float | None) -> dict[str, Any]:
         """The router's replayed accuracy and mean cost at one setting."""
@@ -168,10 +169,12 @@ def routing_report(
         "cost": float(table.cost[rows, o_pick].mean()),
     }
     curve = [table.point(v) for v in values]
-    best = {"model": table.models[best_j], **singles[table.models[best_j]]}
-    cheapest = {"model": table.models[cheap_j], **singles[table.models[cheap_j]]}
-    within = [pt for pt in curve if pt["cost"] <= best["cost"] + 1e-15]
-    matched = [pt["cost"] for pt in curve if pt["accuracy"] >= best["accuracy"] - 1e-12]
+    best_name, cheap_name = table.models[best_j], table.models[cheap_j]
+    best_acc, best_cost = float(acc[best_j]), float(cost[best_j])
+    best: dict[str, Any] = {"model": best_name, **singles[best_name]}
+    cheapest: dict[str, Any] = {"model": cheap_name, **singles[cheap_name]}
+    within = [pt for pt in curve if pt["cost"] <= best_cost + 1e-15]
+    matched = [pt["cost"] for pt in curve if pt["accuracy"] >= best_acc - 1e-12]
     return {
         "pool": list(table.models),
         "queries": len(table.queries),
@@ -181,9 +184,9 @@ def routing_report(
         "oracle": oracle,
         "curve": curve,
         "router_acc_at_best_single_cost": max((pt["accuracy"] for pt in within), default=None),
-        "router_cost_to_match_best_single": (min(matched) / best["cost"]) if matched and best["cost"] else None,
+        "router_cost_to_match_best_single": (min(matched) / best_cost) if matched and best_cost else None,
         "router_max_accuracy": max(pt["accuracy"] for pt in curve),
-        "aiq": _aiq(curve, cheapest["cost"], best["cost"], aiq_steps),
+        "aiq": _aiq(curve, float(cost[cheap_j]), best_cost, aiq_steps),
     }
 
 
@@ -290,7 +293,7 @@ def evaluate(
         rows, reason = engine.estimate(chunk, input_tokens=[in_tok.get(q) for q in chunk])
         if reason:
             degraded.append(reason)
-        estimates.update(zip(chunk, rows))
+        estimates.update(zip(chunk, rows, strict=True))
     t_est = time.perf_counter() - t1
     if pool is None:
         covered: dict[str, set[str]] = defaultdict(set)
@@ -339,8 +342,10 @@ def plot_report(report: Mapping[str, Any], path: str | Path, *, title: str = "")
     ax.plot([pt["cost"] for pt in curve], [pt["accuracy"] for pt in curve], "-o", ms=3, label="scope-router")
     for name, s in routing["singles"].items():
         ax.scatter(s["cost"], s["accuracy"], marker="s", s=25)
-        ax.annotate(name.split("/")[-1], (s["cost"], s["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.scatter(routing["oracle"]["cost"], routing["oracle"]["accuracy"], marker="*", s=150, c="gold", edgecolors="k", label="oracle")
+        label = name.split("/")[-1]
+        ax.annotate(label, (s["cost"], s["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    oracle = routing["oracle"]
+    ax.scatter(oracle["cost"], oracle["accuracy"], marker="*", s=150, c="gold", edgecolors="k", label="oracle")
     ax.set_xscale("log")
     ax.set_xlabel("mean cost per query (USD, log scale)")
     ax.set_ylabel("accuracy")

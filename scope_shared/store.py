@@ -305,13 +305,13 @@ class AnchorStore:
             got = self._guard(lambda: col.get(ids=ids, include=["embeddings"]), "read anchors")
             existing = {
                 rid: np.asarray(vec, dtype=np.float32)
-                for rid, vec in zip(got["ids"], got["embeddings"] if got["embeddings"] is not None else [])
+                for rid, vec in zip(got["ids"], got["embeddings"] if got["embeddings"] is not None else [], strict=True)
             }
             fresh = [rid for rid in ids if rid not in existing]
             vectors: dict[str, Any] = dict(existing)
             if fresh:
                 embedded = self.embed([questions[rid] for rid in fresh])
-                vectors.update(zip(fresh, embedded))
+                vectors.update(zip(fresh, embedded, strict=True))
             self._guard(
                 lambda: col.upsert(
                     ids=ids,
@@ -362,7 +362,7 @@ class AnchorStore:
         out: list[tuple[AnchorRecord, ...]] = []
         for ids, metas, dists, docs in zip(
             res["ids"], res["metadatas"], res["distances"], res["documents"]
-        ):
+        , strict=True):
             out.append(
                 tuple(
                     AnchorRecord(
@@ -371,7 +371,7 @@ class AnchorStore:
                         similarity=max(-1.0, min(1.0, 1.0 - float(dist))),
                         outcomes=_outcomes(meta or {}),
                     )
-                    for rid, meta, dist, doc in zip(ids, metas, dists, docs)
+                    for rid, meta, dist, doc in zip(ids, metas, dists, docs, strict=True)
                 )
             )
         return out
@@ -382,16 +382,18 @@ class AnchorStore:
         res = self._guard(lambda: col.get(ids=list(ids), include=["metadatas", "documents"]), "read anchors")
         return {
             rid: AnchorRecord(anchor_id=rid, question=doc or "", similarity=1.0, outcomes=_outcomes(meta or {}))
-            for rid, meta, doc in zip(res["ids"], res["metadatas"], res["documents"])
+            for rid, meta, doc in zip(res["ids"], res["metadatas"], res["documents"], strict=True)
         }
 
     def iter_metadata(self) -> Iterable[Mapping[str, Any]]:
         """Every anchor's metadata, page by page."""
         col = self._col()
         for offset in itertools.count(0, _PAGE):
-            page = self._guard(
-                lambda off=offset: col.get(include=["metadatas"], limit=_PAGE, offset=off), "scan anchors"
-            )
+
+            def page_at(off: int = offset) -> Any:
+                return col.get(include=["metadatas"], limit=_PAGE, offset=off)
+
+            page = self._guard(page_at, "scan anchors")
             metas = page["metadatas"] or []
             yield from metas
             if len(metas) < _PAGE:

@@ -137,7 +137,7 @@ def _price(
         msg = f"estimator {name!r} returned {len(raw)} results for {len(queries)} queries"
         raise RuntimeError(msg)
     out: list[dict[str, Estimate]] = []
-    for ctx, per_model in zip(queries, raw):
+    for ctx, per_model in zip(queries, raw, strict=True):
         row: dict[str, Estimate] = {}
         for card in models:
             pred = per_model[card.name]
