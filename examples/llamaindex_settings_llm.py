@@ -1,0 +1,107 @@
+"""ScopeLLM as LlamaIndex's ``Settings.llm``: every call the app makes is routed by SCOPE under a budget.
+
+Runs offline: the wrapped LLMs are replays of real recorded outcomes (RouterBench zero-shot, in
+../shared/data/routerbench-zs); grades come from the record. Shows ``complete``, ``chat``, streaming and
+async calls, the decision attached to each response, the budget settled with real token usage, and a
+ScopeEventHandler recording graded outcomes into a separate store (so the routing store stays as loaded).
+
+    python examples/llamaindex_settings_llm.py --queries 20
+    python examples/llamaindex_settings_llm.py --embedder hashing --max-anchors 500   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+from llama_index.core import Settings
+from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.embeddings import MockEmbedding
+
+from scope_llamaindex import ReplayLLM, ScopeEventHandler, ScopeLLM, replay_grader
+from scope_shared import AnchorStore, Budget, HashingEmbedder, ScopeEngine, load_outcomes, load_prices
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "routerbench-zs"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DATA, help="a dataset folder (anchors, test, prices)")
+    parser.add_argument("--queries", type=int, default=20, help="held-out questions to send")
+    parser.add_argument("--value", type=float, default=0.01, help="USD a correct answer is worth")
+    parser.add_argument("--budget", type=float, default=0.01, help="USD budget for the whole run")
+    parser.add_argument("--embedder", choices=["minilm", "hashing"], default="minilm")
+    parser.add_argument("--max-anchors", type=int, default=None, help="load only this many anchor questions")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    cards = load_prices(args.data / "prices.csv")
+    anchors = load_outcomes(args.data / "anchors.csv.gz")
+    if args.max_anchors:
+        keep = set(list(dict.fromkeys(o.query for o in anchors))[: args.max_anchors])
+        anchors = [o for o in anchors if o.query in keep]
+    test = load_outcomes(args.data / "test.csv.gz")
+    questions = list(dict.fromkeys(o.query for o in test))[: args.queries]
+
+    embedder = HashingEmbedder() if args.embedder == "hashing" else None
+    store = AnchorStore(embedder=embedder)
+    store.add(anchors, progress=False)
+    engine = ScopeEngine(
+        store=store, models=cards, value_per_correct=args.value, budget=Budget(limit=args.budget), reserve_factor=1.25
+    )
+    # Graded outcomes go to a second store, so every question is routed on the same anchors.
+    feedback = ScopeEngine(store=AnchorStore(embedder=embedder), models=cards)
+
+    # LlamaIndex's defaults need the network: set both explicitly.
+    Settings.embed_model = MockEmbedding(embed_dim=16)
+    Settings.llm = ScopeLLM(engine=engine, llms=ReplayLLM.from_outcomes(test))
+
+    graded: list[float] = []
+
+    def grader(query: str, answer: str, model: str) -> float | None:
+        grade = replay_grader(test)(query, answer, model)
+        if grade is not None:
+            graded.append(grade)
+        return grade
+
+    async def ask_async(q: str) -> tuple[str, float]:
+        scope = (await Settings.llm.acomplete(q)).additional_kwargs["scope"]
+        return scope["model"], scope["cost"]
+
+    with ScopeEventHandler(engine=feedback, grader=grader) as handler:
+        for i, q in enumerate(questions):
+            if i % 4 == 0:
+                response = Settings.llm.complete(q)
+                model, cost = response.additional_kwargs["scope"]["model"], response.additional_kwargs["scope"]["cost"]
+                form = "complete"
+            elif i % 4 == 1:
+                chat = Settings.llm.chat([ChatMessage(role="user", content=q)])
+                model, cost = chat.additional_kwargs["scope"]["model"], chat.additional_kwargs["scope"]["cost"]
+                form = "chat"
+            elif i % 4 == 2:
+                *_, last = Settings.llm.stream_complete(q)
+                model, cost = last.additional_kwargs["scope"]["model"], last.additional_kwargs["scope"]["cost"]
+                form = "stream"
+            else:
+                model, cost = asyncio.run(ask_async(q))
+                form = "async"
+            print(f"{form:<8} -> {model:<34} ${cost:.6f}")
+    assert engine.ledger is not None
+    summary = {
+        "queries": len(questions),
+        "accuracy": sum(graded) / max(len(graded), 1),
+        "spent": engine.ledger.spent,
+        "budget": args.budget,
+        "held": engine.ledger.held,
+        "recorded": handler.recorded,
+        "routing_anchors": store.count(),
+        "feedback_anchors": feedback.store.count(),
+    }
+    print("SUMMARY " + json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
