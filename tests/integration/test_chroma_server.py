@@ -1,0 +1,122 @@
+"""The anchor store against a real Chroma server: same behaviour as embedded, shared between processes,
+and an outage survived: routing degrades, recorded outcomes are kept and written once it is back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scope_shared import AnchorStore, HashingEmbedder, Outcome, ScopeEngine, StoreUnavailableError
+from tests.integration.chroma_server import ChromaServer
+from tests.unit.conftest import CARDS, sample_outcomes
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ChromaServer]:
+    srv = ChromaServer(tmp_path / "chroma-data")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def http_store(srv: ChromaServer, **kw: object) -> AnchorStore:
+    return AnchorStore(host="127.0.0.1", port=srv.port, embedder=HashingEmbedder(), **kw)  # type: ignore[arg-type]
+
+
+def test_server_store_behaves_like_embedded(server: ChromaServer) -> None:
+    remote, local = http_store(server), AnchorStore(embedder=HashingEmbedder())
+    for s in (remote, local):
+        s.add(sample_outcomes())
+        s.add(sample_outcomes())  # idempotent
+        s.add([Outcome(query=sample_outcomes()[0].query, model="late", correct=1.0, output_tokens=3)])
+    assert remote.count() == local.count() == 20
+    q = ["write a sonnet poem about the red moon"]  # an anchor: a unique top hit
+    [r_hits], [l_hits] = remote.query(remote.embed(q), k=5), local.query(local.embed(q), k=5)
+    assert r_hits[0].anchor_id == l_hits[0].anchor_id  # the lexical hashing embedder ties the rest
+    assert [h.similarity for h in r_hits] == pytest.approx([h.similarity for h in l_hits], abs=1e-5)
+    assert remote.model_stats() == local.model_stats()
+    d_remote = ScopeEngine(store=remote, models=CARDS).route(q[0])
+    d_local = ScopeEngine(store=local, models=CARDS).route(q[0])
+    assert d_remote.model == d_local.model
+    assert d_remote.estimates["small"].p_correct == pytest.approx(d_local.estimates["small"].p_correct)
+
+
+WRITER = r"""
+import sys
+from scope_shared import AnchorStore, HashingEmbedder, Outcome
+s = AnchorStore(host="127.0.0.1", port=int(sys.argv[1]), embedder=HashingEmbedder())
+s.add([Outcome(query=f"question from process {sys.argv[2]} number {i}", model=sys.argv[2], correct=1.0) for i in range(25)])
+print(s.count())
+"""
+
+
+def test_processes_sharing_a_server_see_each_other(server: ChromaServer) -> None:
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(server.port), name], stdout=subprocess.PIPE, text=True)
+        for name in ("alpha", "beta")
+    ]
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    store = http_store(server)
+    stats = store.model_stats()
+    assert store.count() == 50 and stats["alpha"].n == 25 and stats["beta"].n == 25
+
+
+def test_outage_degrades_routing_and_loses_no_outcome(server: ChromaServer) -> None:
+    store = http_store(server)
+    store.add(sample_outcomes())
+    engine = ScopeEngine(store=store, models=CARDS, value_per_correct=1.0)
+    poem = "write a sonnet poem about the amber moon"
+    before = engine.route(poem)
+    assert not before.degraded and before.model == "big"
+
+    server.stop()
+    during = engine.route(poem)  # last known statistics, no neighbours
+    assert during.degraded and "anchor store unavailable" in during.reason
+    recorded = [Outcome(query=f"asked during the outage {i}", model="small", correct=1.0, output_tokens=5) for i in range(3)]
+    for o in recorded:
+        engine.record(o)
+    assert engine.pending == 3
+    strict = ScopeEngine(store=store, models=CARDS, on_store_down="raise")
+    with pytest.raises(StoreUnavailableError, match="unreachable"):
+        strict.route(poem)
+
+    server.start()
+    assert engine.flush() == 3 and engine.pending == 0
+    assert engine.flush() == 0  # nothing written twice
+    fresh = http_store(server)
+    assert fresh.count() == 23
+    assert fresh.model_stats(refresh=True)["small"].n == 23
+    after = engine.route(poem)
+    assert not after.degraded
+
+
+def test_process_killed_while_recording_keeps_acknowledged_writes(server: ChromaServer, tmp_path: Path) -> None:
+    code = r"""
+import sys, time
+from scope_shared import AnchorStore, HashingEmbedder, Outcome
+s = AnchorStore(host="127.0.0.1", port=int(sys.argv[1]), embedder=HashingEmbedder())
+for i in range(10_000):
+    s.add([Outcome(query=f"recorded outcome number {i}", model="m", correct=1.0)], progress=False)
+    print(i, flush=True)   # acknowledged
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code, str(server.port)], stdout=subprocess.PIPE, text=True)
+    acked = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        acked.append(int(line))
+        if len(acked) >= 40:
+            proc.kill()  # SIGKILL mid-run
+            break
+    proc.wait(timeout=30)
+    store = http_store(server)
+    ids = store.get([__import__("scope_shared.store", fromlist=["anchor_id"]).anchor_id(f"recorded outcome number {i}") for i in acked])
+    assert len(ids) == len(acked)
+    print(json.dumps({"acknowledged": len(acked), "found": len(ids)}))
