@@ -19,11 +19,13 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from scope_shared.errors import BudgetExceededError, ConfigError
@@ -155,21 +157,65 @@ class BudgetLedger:
     window, spends older than the window are released. A real cost above its reservation is recorded as it
     was (the ledger never hides spend) and logged as an overrun.
 
+    With ``path``, every settled spend is also written to a SQLite file, so a restart does not reset a daily
+    budget, and ledgers in several processes sharing the file see each other's settled spend (read before
+    every reservation). Reservations in flight are per process and are not persisted.
+
     Args:
         budget: the limit and optional window.
-        clock: seconds, monotonic; injectable for tests.
+        path: a SQLite file to persist settled spend in (None: memory only).
+        clock: seconds since the epoch; injectable for tests.
     """
 
-    def __init__(self, budget: Budget, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        budget: Budget,
+        *,
+        path: str | Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.budget = budget
         self._clock = clock
         self._lock = threading.Lock()
         self._held: dict[str, Reservation] = {}
         self._window = _Window()
-        self._lifetime_spent = 0.0
         self._settled_total = 0.0
+        self._db: sqlite3.Connection | None = None
+        self._seen_rowid = 0
+        if path is not None:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS spend (ts REAL NOT NULL, amount REAL NOT NULL)")
+            self._db.commit()
+            with self._lock:
+                self._sync()
+
+    def _sync(self) -> None:
+        """Fold in spend other ledgers wrote to the shared file (caller holds the lock)."""
+        if self._db is None:
+            return
+        rows = self._db.execute(
+            "SELECT rowid, ts, amount FROM spend WHERE rowid > ? ORDER BY rowid", (self._seen_rowid,)
+        ).fetchall()
+        horizon = None if self.budget.window_seconds is None else self._clock() - self.budget.window_seconds
+        for rowid, ts, amount in rows:
+            self._seen_rowid = max(self._seen_rowid, int(rowid))
+            self._settled_total += amount
+            if horizon is None:
+                self._window.total += amount
+            elif ts > horizon:
+                self._window.total += amount
+                heapq.heappush(self._window.spends, (float(ts), float(amount)))
+
+    def close(self) -> None:
+        """Close the SQLite file, if any."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def _expire(self, now: float) -> None:
+        self._sync()
         if self.budget.window_seconds is None:
             return
         horizon = now - self.budget.window_seconds
@@ -267,9 +313,16 @@ class BudgetLedger:
             self._record(now, amount)
 
     def _record(self, now: float, amount: float) -> None:
+        if self._db is not None:
+            cur = self._db.execute("INSERT INTO spend (ts, amount) VALUES (?, ?)", (now, amount))
+            self._db.commit()
+            if cur.lastrowid == self._seen_rowid + 1:  # nobody else wrote in between: no need to re-read it
+                self._seen_rowid = int(cur.lastrowid)
+            else:
+                self._sync()
+                return
         self._window.total += amount
         self._settled_total += amount
-        self._lifetime_spent += amount
         if self.budget.window_seconds is not None:
             heapq.heappush(self._window.spends, (now, amount))
 

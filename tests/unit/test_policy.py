@@ -107,3 +107,22 @@ def test_concurrent_callers_never_overspend() -> None:
     assert sum(settled) == pytest.approx(led.spent)
     assert led.held == 0
     assert 800 <= len(settled) <= 1600  # at least the half the budget was sized for
+
+
+def test_persisted_ledger_survives_restart_and_is_shared(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    now = [1000.0]
+    path = tmp_path / "ledger.sqlite"
+    day = Budget(limit=1.0, window_seconds=86_400)
+    first = BudgetLedger(day, path=path, clock=lambda: now[0])
+    first.settle(first.reserve(0.7).id, 0.7)
+    other = BudgetLedger(day, path=path, clock=lambda: now[0])  # another process, or after a restart
+    assert other.spent == pytest.approx(0.7)
+    assert other.try_reserve(0.5) is None
+    other.settle(other.reserve(0.2).id, 0.2)
+    assert first.spent == pytest.approx(0.9)  # sees the other's settled spend
+    first.close()
+    now[0] += 86_401
+    restarted = BudgetLedger(day, path=path, clock=lambda: now[0])
+    assert restarted.spent == 0.0 and restarted.try_reserve(1.0) is not None
+    lifetime = BudgetLedger(Budget(limit=1.0), path=path, clock=lambda: now[0])
+    assert lifetime.spent == pytest.approx(0.9)
