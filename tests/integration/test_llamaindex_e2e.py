@@ -26,14 +26,9 @@ from scope_llamaindex import ReplayLLM, ScopeEventHandler, ScopeLLM, ScopeSelect
 from scope_shared import AnchorStore, HashingEmbedder, ModelCard, Outcome, ScopeEngine, load_outcomes, load_prices
 from scope_shared.evaluation import evaluate
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "routerbench-zs"
 VALUES: list[float | None] = [None, 0.01, 0.003]
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.slow,
-    pytest.mark.skipif(not DATA.is_dir(), reason=f"needs the shared data at {DATA}"),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @dataclass
@@ -66,10 +61,11 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup() -> Setup:
-    anchors = load_outcomes(DATA / "anchors.csv.gz")
-    test = load_outcomes(DATA / "test.csv.gz")
-    cards = load_prices(DATA / "prices.csv")
+def setup(data_dir: Path) -> Setup:
+    data = data_dir / "routerbench-zs"
+    anchors = load_outcomes(data / "anchors.csv.gz")
+    test = load_outcomes(data / "test.csv.gz")
+    cards = load_prices(data / "prices.csv")
     store = AnchorStore(embedder=HashingEmbedder())
     report = evaluate(anchors, test, cards, store=store, values=VALUES)
     known = {o.model for o in anchors}
