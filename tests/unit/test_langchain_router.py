@@ -285,9 +285,10 @@ def test_with_config_configurable_keys() -> None:
     # strong's expected cost (~$0.0027 here) is over the cap, so accuracy-only falls to mid
     capped = router.with_config(configurable={"value_per_correct": None, "max_cost_per_call": 0.001})
     out = capped.invoke(TRIVIA_Q)
-    assert _chosen(out) == "mid" and "max_cost_per_call" in out.response_metadata["scope"]["candidates"]["strong"][
-        "excluded"
-    ]
+    assert (
+        _chosen(out) == "mid"
+        and "max_cost_per_call" in out.response_metadata["scope"]["candidates"]["strong"]["excluded"]
+    )
     # the router itself is unchanged
     assert _chosen(router.invoke(TRIVIA_Q)) == "cheap"
 
