@@ -79,7 +79,10 @@ def explain(decision: Decision, model: str | None = None) -> str:
         top = est.evidence[0]
         question = (top.question or "").replace("\n", " ").strip()
         snippet = f': "{question[:60]}{"..." if len(question) > 60 else ""}"' if question else ""
-        text += f"; from {len(est.evidence)} similar anchors (most similar {top.similarity:.2f}{snippet})"
+        text += (
+            f"; based on similar anchors (nearest at similarity {top.similarity:.2f}{snippet}; "
+            f"{len(est.evidence)} kept as evidence)"
+        )
     else:
         text += f"; estimated by {est.estimator} without anchor evidence"
     if decision.excluded:

@@ -69,7 +69,8 @@ def test_selection_reason_explains_winner_runner_up_and_anchors() -> None:
     sel = _selection(_router(make_engine()).query(Q_CODE))
     assert sel.reason.startswith("SCOPE chose big: expected accuracy")
     assert "runner-up " in sel.reason
-    assert "similar anchors (most similar" in sel.reason
+    top = sel.decision.estimates["big"].evidence[0]
+    assert f"based on similar anchors (nearest at similarity {top.similarity:.2f}" in sel.reason
     est = sel.decision.estimates["big"]
     assert f"{est.p_correct:.0%}" in sel.reason and f"${est.cost:.6f}" in sel.reason
     assert sel.decision.model == "big" and set(sel.decision.estimates) == {"small", "mid", "big"}
