@@ -5,14 +5,17 @@ Run with the vLLM environment's interpreter (it has torch, transformers and toke
     .venv-vllm/bin/python scripts/build_tiny_model.py --out .tiny-model
 
 The model is the same architecture as Cooolder/SCOPE (``Qwen3ForCausalLM``) at toy size; a byte-level BPE
-tokenizer is trained on this repository's own source text, with Qwen's chat tokens and a chat template
-that renders a user turn exactly as Qwen3's does. Its outputs are noise: tests force the answer format
-with vLLM's ``structured_outputs``. Deterministic for a given source tree (fixed seed).
+tokenizer is trained on local text (this repository's source and, when present, the questions in
+``../shared/data``), with Qwen's chat tokens and a chat template that renders a user turn exactly as
+Qwen3's does. Its outputs are noise: tests force the answer format with vLLM's ``structured_outputs``.
+Deterministic for given inputs (fixed seed).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import gzip
 import json
 import sys
 from collections.abc import Iterator
@@ -28,10 +31,20 @@ CHAT_TEMPLATE = (
 )
 
 
-def corpus() -> Iterator[str]:
-    """Local training text: the library's source (it holds the SCOPE prompt) and answer-shaped lines."""
+def corpus(max_chars: int = 6_000_000) -> Iterator[str]:
+    """Local training text: the library's source (it holds the SCOPE prompt), answer-shaped lines and,
+    when ``../shared/data`` is there, its benchmark questions (so prompts tokenize to realistic lengths)."""
     for path in sorted((ROOT / "scope_shared").rglob("*.py")):
         yield path.read_text(encoding="utf-8")
+    seen = 0
+    for path in sorted((ROOT.parent / "shared" / "data").glob("*/anchors.csv.gz")):
+        with gzip.open(path, "rt", encoding="utf-8", newline="") as fh:
+            for row in csv.DictReader(fh):
+                text = row.get("query") or ""
+                seen += len(text)
+                if seen > max_chars:
+                    break
+                yield text
     for n in range(0, 4000, 7):
         verdict = "yes" if n % 2 else "no"
         record = f"{{len: {n}, correct: {verdict}}}"
@@ -61,7 +74,7 @@ def build(out: Path, *, vocab_size: int, seed: int) -> None:
         additional_special_tokens=SPECIAL[1:2],
     )
     fast.chat_template = CHAT_TEMPLATE
-    fast.model_max_length = 8192
+    fast.model_max_length = 32768
     fast.save_pretrained(out)
 
     im_end = tok.token_to_id("<|im_end|>")
@@ -75,7 +88,7 @@ def build(out: Path, *, vocab_size: int, seed: int) -> None:
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=32,  # vLLM's CPU attention kernels support 32 and up
-        max_position_embeddings=8192,
+        max_position_embeddings=32768,
         tie_word_embeddings=True,
         bos_token_id=eot,
         eos_token_id=im_end,
@@ -93,7 +106,7 @@ def build(out: Path, *, vocab_size: int, seed: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / ".tiny-model")
-    parser.add_argument("--vocab-size", type=int, default=2048)
+    parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     build(args.out, vocab_size=args.vocab_size, seed=args.seed)

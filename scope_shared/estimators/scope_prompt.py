@@ -207,8 +207,9 @@ def parse_output(text: str) -> ParsedSample:
 
     Tolerates markdown around the labels and fields (``**Predicted Performance:**``, ``*len*``), brackets
     (``correct: [yes]``), thousands separators and a trailing note after the prediction. Fields are read
-    only after a ``Predicted Performance`` label, never from the analysis, so a quoted anchor record
-    cannot stand in for the prediction. Missing fields come back as ``None``.
+    only after a ``Predicted Performance`` label (followed by a colon, a line break or ``{``; the phrase
+    in prose does not count), the last one that carries a field, and never from the analysis, so a
+    quoted anchor record cannot stand in for the prediction. Missing fields come back as ``None``.
     """
     labels = list(_PRED_LABEL.finditer(text))
     for i in range(len(labels) - 1, -1, -1):

@@ -317,8 +317,7 @@ class HTTPBackend(ScopeBackend):
 
     def _unavailable(self, exc: BaseException) -> EstimatorUnavailableError:
         msg = (
-            f"vLLM server at {self.base_url} unavailable after {self.retries + 1} attempts: "
-            f"{type(exc).__name__}: {exc}"
+            f"vLLM server at {self.base_url} unavailable after {self.retries + 1} attempts: {type(exc).__name__}: {exc}"
         )
         logger.warning("%s", msg)
         return EstimatorUnavailableError(msg)
@@ -602,6 +601,9 @@ class ScopeLLMEstimator(Estimator):
         samples, temperature, top_p, top_k, max_tokens, seed, structured_outputs: see
             :class:`SamplingConfig`.
         template: :data:`SCOPE_COT` (default) or :data:`SCOPE_NOCOT` for Cooolder/SCOPE_NoCoT.
+        max_question_chars: cut the target and anchor questions to this many characters in the prompt,
+            to keep long questions within the server's ``--max-model-len``; ``None`` (default) sends them
+            whole, as in training. A prompt over the limit is rejected (400) and the engine falls back.
         cache_size: predictions kept, keyed by (template, backend, sampling, anchor_version, prompt);
             the prompt holds the query, the model and its anchor records. 0 disables the cache.
         on_no_anchor_data: when no retrieved anchor has an outcome for a candidate, ``"raise"``
@@ -628,6 +630,7 @@ class ScopeLLMEstimator(Estimator):
         seed: int | None = None,
         structured_outputs: Mapping[str, Any] | None = None,
         template: PromptTemplate = SCOPE_COT,
+        max_question_chars: int | None = None,
         cache_size: int = 4096,
         on_no_anchor_data: OnNoAnchorData = "raise",
         max_concurrency: int = 16,
@@ -644,6 +647,9 @@ class ScopeLLMEstimator(Estimator):
             raise ConfigError(msg)
         if k < 1:
             msg = f"k must be >= 1, got {k}"
+            raise ConfigError(msg)
+        if max_question_chars is not None and max_question_chars < 1:
+            msg = f"max_question_chars must be >= 1 or None, got {max_question_chars}"
             raise ConfigError(msg)
         if cache_size < 0:
             msg = f"cache_size must be >= 0, got {cache_size}"
@@ -677,6 +683,7 @@ class ScopeLLMEstimator(Estimator):
         self.template = template
         self.on_no_anchor_data: OnNoAnchorData = on_no_anchor_data
         self.cache_size = cache_size
+        self.max_question_chars = max_question_chars
         self.counters = EstimatorCounters()
         self._cache: OrderedDict[str, Prediction] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -696,9 +703,7 @@ class ScopeLLMEstimator(Estimator):
         completions = self.backend.generate([j.prompt for j in jobs], self.sampling)
         return self._finish(plan, jobs, completions)
 
-    async def _apredict(
-        self, queries: Sequence[QueryContext], models: Sequence[str]
-    ) -> list[dict[str, Prediction]]:
+    async def _apredict(self, queries: Sequence[QueryContext], models: Sequence[str]) -> list[dict[str, Prediction]]:
         plan = self._plan(queries, models)
         jobs = list(plan.jobs.values())
         completions = await self.backend.agenerate([j.prompt for j in jobs], self.sampling)
@@ -732,20 +737,21 @@ class ScopeLLMEstimator(Estimator):
             raise NoAnchorDataError(self._no_anchor_message(model))
         return self._render(ctx, model, shown)
 
-    def _render(
-        self, ctx: QueryContext, model: str, shown: Sequence[tuple[AnchorRecord, AnchorOutcome]]
-    ) -> str:
+    def _render(self, ctx: QueryContext, model: str, shown: Sequence[tuple[AnchorRecord, AnchorOutcome]]) -> str:
         # Unknown lengths are shown as the model's typical length, else 0 (the authors' convention).
         fill = _typical_tokens(ctx.stats.get(model)) or 0.0
         examples = [
             AnchorExample(
-                question=anchor.question,
+                question=self._cut(anchor.question),
                 output_tokens=round(out.output_tokens if out.output_tokens is not None else fill),
                 correct=out.correct >= 0.5,
             )
             for anchor, out in shown
         ]
-        return build_prompt(self.template, target_question=ctx.query, target_model=model, examples=examples)
+        return build_prompt(self.template, target_question=self._cut(ctx.query), target_model=model, examples=examples)
+
+    def _cut(self, text: str) -> str:
+        return text if self.max_question_chars is None else text[: self.max_question_chars]
 
     def _no_anchor_message(self, model: str) -> str:
         return (
@@ -755,9 +761,7 @@ class ScopeLLMEstimator(Estimator):
 
     def _cache_key(self, ctx: QueryContext, prompt: str) -> str:
         digest = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
-        return "|".join(
-            (self.template.version, self.backend.identity, self.sampling.key(), ctx.anchor_version, digest)
-        )
+        return "|".join((self.template.version, self.backend.identity, self.sampling.key(), ctx.anchor_version, digest))
 
     def _cache_get(self, key: str) -> Prediction | None:
         if self.cache_size == 0:

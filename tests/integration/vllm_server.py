@@ -79,7 +79,7 @@ class VLLMServer:
             "--port",
             str(self.port),
             "--max-model-len",
-            "8192",
+            "16384",
             # No torch.compile warm-up (minutes on 2 CPU cores) and a fixed KV cache: the CPU backend
             # otherwise reserves a fraction of all memory and refuses to start when it is not free.
             "--enforce-eager",

@@ -33,9 +33,7 @@ SECRET = "sk-very-secret-key-123"
 def make_ctx(query: str = "What is 12 times 7?", version: str = "v1", tokens: bool = True) -> QueryContext:
     anchors = []
     for i in range(7):
-        outcomes = {
-            "m1": AnchorOutcome(correct=float(i % 2 == 0), output_tokens=100.0 + i if tokens else None)
-        }
+        outcomes = {"m1": AnchorOutcome(correct=float(i % 2 == 0), output_tokens=100.0 + i if tokens else None)}
         if i >= 3:  # m2 has records only on the less similar anchors
             outcomes["m2"] = AnchorOutcome(correct=1.0, output_tokens=40.0 if tokens else None)
         anchors.append(
@@ -51,16 +49,12 @@ def make_ctx(query: str = "What is 12 times 7?", version: str = "v1", tokens: bo
         "m2": ModelStats(n=4, p_correct=1.0),
         "m3": ModelStats(n=3, p_correct=0.2),
     }
-    return QueryContext(
-        query=query, input_tokens=12.0, anchors=tuple(anchors), stats=stats, anchor_version=version
-    )
+    return QueryContext(query=query, input_tokens=12.0, anchors=tuple(anchors), stats=stats, anchor_version=version)
 
 
 def completion(texts: list[str], tokens: int = 0) -> dict[str, Any]:
     return {
-        "choices": [
-            {"index": i, "message": {"role": "assistant", "content": t}} for i, t in enumerate(texts)
-        ],
+        "choices": [{"index": i, "message": {"role": "assistant", "content": t}} for i, t in enumerate(texts)],
         "usage": {"prompt_tokens": 100, "completion_tokens": tokens or 10 * len(texts)},
     }
 
@@ -76,9 +70,7 @@ class FakeServer:
     def __init__(self, reply: Callable[[dict[str, Any]], httpx.Response] | None = None) -> None:
         self.requests: list[httpx.Request] = []
         self.bodies: list[dict[str, Any]] = []
-        self.reply = reply or (
-            lambda body: httpx.Response(200, json=completion([answer(300, True)] * body["n"]))
-        )
+        self.reply = reply or (lambda body: httpx.Response(200, json=completion([answer(300, True)] * body["n"])))
         self._lock = threading.Lock()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -125,11 +117,7 @@ def test_prompt_shows_the_target_models_own_records_most_similar_first() -> None
     prompt = est.build_prompt(make_ctx(), "m2")
     assert "### Target Model\nm2\n" in prompt
     # m2 has records on a3.. only; the 3 most similar of those, in order, with m2's record.
-    assert (
-        prompt.index("anchor question 3")
-        < prompt.index("anchor question 4")
-        < prompt.index("anchor question 5")
-    )
+    assert prompt.index("anchor question 3") < prompt.index("anchor question 4") < prompt.index("anchor question 5")
     assert "anchor question 6" not in prompt and "anchor question 0" not in prompt
     assert prompt.count("Performance: {len: 40, correct: yes}") == 3
 
@@ -413,3 +401,12 @@ def test_in_process_backend_without_vllm_says_how_to_install(monkeypatch: pytest
     est = ScopeLLMEstimator(backend=InProcessBackend())
     with pytest.raises(ConfigError, match=r"scope-router\[vllm\]"):
         est._predict([make_ctx()], ["m1"])
+
+
+def test_long_questions_can_be_cut_to_fit_the_context() -> None:
+    est = FakeServer().estimator(max_question_chars=8)
+    prompt = est.build_prompt(make_ctx(query="What is 12 times 7? " * 50), "m1")
+    assert "### Target Question\nWhat is \n" in prompt
+    assert "Question: anchor q\n" in prompt
+    with pytest.raises(ConfigError, match="max_question_chars"):
+        FakeServer().estimator(max_question_chars=0)
