@@ -247,7 +247,8 @@ class HTTPBackend(ScopeBackend):
 
     Args:
         base_url: e.g. ``http://127.0.0.1:8000/v1`` (``/v1`` is added when the URL has no path).
-        model: the served model name (``--served-model-name``, else the path or hub id it was started with).
+        model: the served model name (``--served-model-name``, else the path or hub id it was started
+            with); ``None`` asks the server (``GET /v1/models``) on first use and needs it to serve one model.
         api_key: sent as a bearer token (``vllm serve --api-key``); never shown in repr or logs.
         timeout: seconds to wait for one completion (8 chain-of-thought samples can take a while).
         connect_timeout: seconds to wait for a connection.
@@ -261,7 +262,7 @@ class HTTPBackend(ScopeBackend):
         self,
         *,
         base_url: str,
-        model: str = DEFAULT_SCOPE_MODEL,
+        model: str | None = DEFAULT_SCOPE_MODEL,
         api_key: str | None = None,
         timeout: float = 300.0,
         connect_timeout: float = 5.0,
@@ -288,7 +289,7 @@ class HTTPBackend(ScopeBackend):
         self._async_transport = async_transport
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
-        self.identity = f"http:{self.base_url}:{model}"
+        self.identity = f"http:{self.base_url}:{model or '(served model)'}"
 
     def __repr__(self) -> str:
         key = "'***'" if self._api_key else "None"
@@ -296,6 +297,27 @@ class HTTPBackend(ScopeBackend):
             f"HTTPBackend(base_url={self.base_url!r}, model={self.model!r}, api_key={key}, "
             f"max_concurrency={self.max_concurrency}, retries={self.retries})"
         )
+
+    def _served(self) -> str:
+        assert self.model is not None
+        return self.model
+
+    def _set_model(self, response: httpx.Response) -> None:
+        """Adopt the server's only model from a ``GET /v1/models`` answer."""
+        if response.status_code == 429 or response.status_code >= 500:
+            msg = f"vLLM server at {self.base_url} answered {response.status_code} to GET /models"
+            raise _TransientError(msg)
+        try:
+            response.raise_for_status()
+            names = [str(m["id"]) for m in response.json()["data"]]
+        except (httpx.HTTPStatusError, ValueError, KeyError, TypeError) as exc:
+            msg = f"cannot list the models of {self.base_url} ({exc}); pass model=... explicitly"
+            raise ConfigError(msg) from exc
+        if len(names) != 1:
+            msg = f"{self.base_url} serves {names}; pass model=... to choose one"
+            raise ConfigError(msg)
+        self.model = names[0]
+        logger.info("SCOPE server %s serves %s", self.base_url, self.model)
 
     @property
     def _url(self) -> str:
@@ -342,11 +364,13 @@ class HTTPBackend(ScopeBackend):
 
         def one(prompt: str) -> Completion:
             retrying = Retrying(stop=self._stop() | stop_when_event_set(failed), **self._retry_policy())
-            body = _request_body(self.model, prompt, sampling)
 
             def attempt() -> Completion:
                 if failed.is_set():
                     raise _BatchAborted
+                if self.model is None:
+                    self._set_model(client.get(f"{self.base_url}/models"))
+                body = _request_body(self._served(), prompt, sampling)
                 return _read_response(client.post(self._url, json=body), self.base_url)
 
             try:
@@ -390,11 +414,13 @@ class HTTPBackend(ScopeBackend):
         ) as client:
 
             async def one(prompt: str) -> Completion:
-                body = _request_body(self.model, prompt, sampling)
                 retrying = AsyncRetrying(stop=self._stop(), **self._retry_policy())
 
                 async def attempt() -> Completion:
                     async with semaphore:
+                        if self.model is None:
+                            self._set_model(await client.get(f"{self.base_url}/models"))
+                        body = _request_body(self._served(), prompt, sampling)
                         response = await client.post(self._url, json=body)
                     return _read_response(response, self.base_url)
 
@@ -593,7 +619,7 @@ class ScopeLLMEstimator(Estimator):
 
     Args:
         base_url: a vLLM OpenAI-compatible server, e.g. ``http://127.0.0.1:8000/v1``.
-        model: the served model name.
+        model: the served model name; ``None`` uses the server's only model.
         api_key: bearer token for the server; never shown in repr or logs.
         backend: a :class:`ScopeBackend` to use instead of building an :class:`HTTPBackend`.
         k: anchors shown per prompt: the most similar retrieved anchors on which the target model has an
@@ -618,7 +644,7 @@ class ScopeLLMEstimator(Estimator):
         self,
         *,
         base_url: str | None = None,
-        model: str = DEFAULT_SCOPE_MODEL,
+        model: str | None = DEFAULT_SCOPE_MODEL,
         api_key: str | None = None,
         backend: ScopeBackend | None = None,
         k: int = 5,

@@ -95,7 +95,8 @@ class RecordingTransport(httpx.HTTPTransport):
 
 def estimator(server: VLLMServer, **kwargs: Any) -> ScopeLLMEstimator:
     kwargs.setdefault("max_tokens", 96)
-    return ScopeLLMEstimator(base_url=server.base_url, model=SERVED_NAME, **kwargs)
+    kwargs.setdefault("model", SERVED_NAME)
+    return ScopeLLMEstimator(base_url=server.base_url, **kwargs)
 
 
 def test_real_prompt_gets_n_samples_in_one_request_and_the_forced_answer_back(
@@ -185,13 +186,14 @@ def test_batch_goes_out_whole_and_repeats_come_from_the_cache(server: VLLMServer
 
 def test_hybrid_and_gated_route_through_the_engine(server: VLLMServer, engine_parts: Any) -> None:
     store, cards, queries = engine_parts
-    scope = estimator(server, structured_outputs=forced("(50|70)", "yes"))
+    scope = estimator(server, structured_outputs=forced("(50|70)", "yes"), model=None)  # asks /v1/models
     hybrid = ScopeEngine(
         store=store, models=cards, estimator=HybridEstimator(anchors=AnchorStatsEstimator(), scope=scope)
     )
     decision = hybrid.route(queries[0], reserve=False)
     assert not decision.degraded
     assert all(e.estimator == "hybrid" and e.samples == 8 for e in decision.estimates.values())
+    assert isinstance(scope.backend, HTTPBackend) and scope.backend.model == SERVED_NAME
 
     gated_est = GatedEstimator(anchors=AnchorStatsEstimator(), scope=scope, margin=1.0)
     gated = ScopeEngine(store=store, models=cards, estimator=gated_est)

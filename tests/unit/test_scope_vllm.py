@@ -410,3 +410,26 @@ def test_long_questions_can_be_cut_to_fit_the_context() -> None:
     assert "Question: anchor q\n" in prompt
     with pytest.raises(ConfigError, match="max_question_chars"):
         FakeServer().estimator(max_question_chars=0)
+
+
+@pytest.mark.parametrize("served", [["my-scope"], ["a", "b"]])
+def test_model_none_uses_the_servers_only_model(served: list[str]) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            assert request.url.path == "/v1/models"
+            return httpx.Response(200, json={"object": "list", "data": [{"id": n} for n in served]})
+        body = json.loads(request.content)
+        seen.append(body["model"])
+        return httpx.Response(200, json=completion([answer(10, True)] * body["n"]))
+
+    backend = HTTPBackend(base_url=URL, model=None, transport=httpx.MockTransport(handler))
+    est = ScopeLLMEstimator(backend=backend)
+    if len(served) == 1:
+        est._predict([make_ctx()], ["m1", "m2"])
+        assert seen == ["my-scope", "my-scope"] and backend.model == "my-scope"
+    else:
+        with pytest.raises(ConfigError, match="pass model="):
+            est._predict([make_ctx()], ["m1"])
+        assert seen == []
