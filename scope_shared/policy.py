@@ -155,7 +155,7 @@ class BudgetLedger:
     ``spent + held + amount <= limit`` is checked and the amount held under one lock, so concurrent
     callers can never reserve more than the budget. A settled cost replaces its reservation; with a rolling
     window, spends older than the window are released. A real cost above its reservation is recorded as it
-    was (the ledger never hides spend) and logged as an overrun.
+    was (the ledger never hides spend) and added to :attr:`overrun_total`.
 
     With ``path``, every settled spend is also written to a SQLite file, so a restart does not reset a daily
     budget, and ledgers in several processes sharing the file see each other's settled spend (read before
@@ -180,6 +180,7 @@ class BudgetLedger:
         self._held: dict[str, Reservation] = {}
         self._window = _Window()
         self._settled_total = 0.0
+        self._overrun = 0.0
         self._db: sqlite3.Connection | None = None
         self._seen_rowid = 0
         if path is not None:
@@ -255,6 +256,12 @@ class BudgetLedger:
         with self._lock:
             return self._settled_total
 
+    @property
+    def overrun_total(self) -> float:
+        """How much settled costs exceeded their reservations, summed (raise ``reserve_factor`` if large)."""
+        with self._lock:
+            return self._overrun
+
     def try_reserve(
         self, amount: float, *, model: str | None = None, allow_over: bool = False
     ) -> Reservation | None:
@@ -296,7 +303,8 @@ class BudgetLedger:
             now = self._clock()
             self._expire(now)
             if actual > res.amount + 1e-12:
-                logger.warning(
+                self._overrun += actual - res.amount
+                logger.debug(
                     "call cost $%.6g, above its reservation $%.6g (model %s)", actual, res.amount, res.model
                 )
             self._record(now, actual)

@@ -128,7 +128,7 @@ class Decision(BaseModel):
             "value_per_correct": None
             if self.value_per_correct is None or math.isinf(self.value_per_correct)
             else self.value_per_correct,
-            "utility": self.utility,
+            "utility": None if math.isnan(self.utility) else self.utility,
             "candidates": {
                 name: {
                     "p_correct": est.p_correct,

@@ -126,3 +126,9 @@ def test_persisted_ledger_survives_restart_and_is_shared(tmp_path) -> None:  # t
     assert restarted.spent == 0.0 and restarted.try_reserve(1.0) is not None
     lifetime = BudgetLedger(Budget(limit=1.0), path=path, clock=lambda: now[0])
     assert lifetime.spent == pytest.approx(0.9)
+
+
+def test_overrun_is_counted_not_hidden() -> None:
+    led = BudgetLedger(Budget(limit=1.0))
+    led.settle(led.reserve(0.1).id, 0.15)
+    assert led.spent == pytest.approx(0.15) and led.overrun_total == pytest.approx(0.05)
