@@ -73,8 +73,7 @@ def _estimator(args: argparse.Namespace) -> Any:
     options: dict[str, Any] = {}
     if args.vllm_url:
         options["base_url"] = args.vllm_url
-        if args.vllm_model:
-            options["model"] = args.vllm_model
+        options["model"] = args.vllm_model  # None: the server's only model
         if args.vllm_key_env:
             options["api_key"] = os.environ.get(args.vllm_key_env)
     return build_estimator(args.estimator, k=args.k, **options)

@@ -19,7 +19,7 @@ def build_estimator(name: str, *, k: int = 10, **options: Any) -> Estimator:
 
     ``anchors`` needs nothing else; ``scope``, ``hybrid`` and ``gated`` need ``base_url`` (a vLLM
     OpenAI-compatible server) and accept the :class:`ScopeLLMEstimator` options (``model``, ``api_key``,
-    ``samples``, ``temperature``, ...).
+    ...). ``k`` is the anchor-statistics side's neighbour count; the SCOPE prompt keeps its own.
     """
     if name == "anchors":
         return AnchorStatsEstimator(k=k)
@@ -29,7 +29,7 @@ def build_estimator(name: str, *, k: int = 10, **options: Any) -> Estimator:
         if not options.get("base_url"):
             msg = f"estimator {name!r} needs a vLLM server: pass --vllm-url (base_url=...)"
             raise ConfigError(msg)
-        scope = ScopeLLMEstimator(k=k, **options)
+        scope = ScopeLLMEstimator(**options)  # SCOPE was trained on 5 anchors a prompt: keep its default
         if name == "scope":
             return scope
         from scope_shared.estimators.hybrid import GatedEstimator, HybridEstimator
