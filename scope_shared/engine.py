@@ -117,6 +117,9 @@ class ScopeEngine:
         if fallback is None and not isinstance(self.estimator, AnchorStatsEstimator):
             fallback = AnchorStatsEstimator(k=k)
         self.fallback = fallback
+        self.estimator.bind(store)
+        if fallback is not None:
+            fallback.bind(store)
         self.k = k
         self.value_per_correct = value_per_correct
         self.max_cost_per_call = max_cost_per_call
@@ -180,7 +183,9 @@ class ScopeEngine:
             self.store.require_anchors()
             stats: Mapping[str, ModelStats] = self.store.model_stats()
             self._last_stats = stats
-            anchors = self.store.query(self.store.embed([t[:MAX_QUERY_CHARS] for t in texts]), k=self._retrieve_k())
+            vectors = self.store.embed([t[:MAX_QUERY_CHARS] for t in texts])
+            anchors = self.store.query(vectors, k=self._retrieve_k())
+            embeddings: list[Any] = list(vectors)
             version = self.store.version
         except StoreUnavailableError as exc:
             if self.on_store_down == "raise" or self._last_stats is None:
@@ -188,6 +193,7 @@ class ScopeEngine:
             reason = f"anchor store unavailable ({exc}); estimated from each model's last known record"
             logger.warning("routing degraded: %s", reason)
             stats, anchors, version = self._last_stats, [() for _ in texts], "degraded"
+            embeddings = [None] * len(texts)
         ctxs = [
             QueryContext(
                 query=t,
@@ -195,8 +201,9 @@ class ScopeEngine:
                 anchors=a,
                 stats=stats,
                 anchor_version=version,
+                embedding=e,
             )
-            for t, n, a in zip(texts, tokens, anchors, strict=True)
+            for t, n, a, e in zip(texts, tokens, anchors, embeddings, strict=True)
         ]
         return ctxs, reason
 
@@ -213,6 +220,7 @@ class ScopeEngine:
                 stats=c.stats,
                 anchor_version=c.anchor_version,
                 value_per_correct=value,
+                embedding=c.embedding,
             )
             for c in ctxs
         ]

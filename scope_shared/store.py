@@ -385,6 +385,36 @@ class AnchorStore:
             for rid, meta, doc in zip(res["ids"], res["metadatas"], res["documents"], strict=True)
         }
 
+    def export(self) -> tuple[list[AnchorRecord], Matrix, list[float | None]]:
+        """Every anchor with its embedding and recorded input tokens, for estimators that fit on the store.
+
+        Returns the anchors (similarity set to 1.0), their embeddings as one row-aligned matrix, and each
+        anchor's recorded input tokens (None where none was recorded). Reads page by page.
+        """
+        col = self._col()
+        records: list[AnchorRecord] = []
+        vectors: list[Any] = []
+        in_tokens: list[float | None] = []
+        for offset in itertools.count(0, _PAGE):
+
+            def page_at(off: int = offset) -> Any:
+                return col.get(include=["metadatas", "documents", "embeddings"], limit=_PAGE, offset=off)
+
+            page = self._guard(page_at, "export anchors")
+            ids = page["ids"] or []
+            embs = page["embeddings"] if page["embeddings"] is not None else []
+            for rid, meta, doc, vec in zip(ids, page["metadatas"] or [], page["documents"] or [], embs, strict=True):
+                meta = meta or {}
+                outcomes = _outcomes(meta)
+                records.append(AnchorRecord(anchor_id=rid, question=doc or "", similarity=1.0, outcomes=outcomes))
+                vectors.append(np.asarray(vec, dtype=np.float32))
+                in_tok = meta.get("in_tok")
+                in_tokens.append(float(in_tok) if isinstance(in_tok, int | float) else None)
+            if len(ids) < _PAGE:
+                break
+        matrix = np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
+        return records, matrix, in_tokens
+
     def iter_metadata(self) -> Iterable[Mapping[str, Any]]:
         """Every anchor's metadata, page by page."""
         col = self._col()

@@ -11,8 +11,12 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from scope_shared.types import AnchorEvidence, Estimate, ModelCard
+
+if TYPE_CHECKING:
+    from scope_shared.store import AnchorStore
 
 __all__ = [
     "AnchorOutcome",
@@ -118,6 +122,9 @@ class Estimator(ABC):
             return []
         raw = await self._apredict(queries, [m.name for m in models])
         return _price(self.name, queries, models, raw)
+
+    def bind(self, store: AnchorStore) -> None:  # noqa: B027 - optional hook
+        """Called by the engine with its store; estimators that fit on the anchors keep it (default: ignored)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients the estimator holds."""
