@@ -153,6 +153,22 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
         f"cost=${rt['best_single']['cost']:.6f}; router acc at its cost={fmt(rt['router_acc_at_best_single_cost'])}; "
         f"cost to match it={fmt(rt['router_cost_to_match_best_single'])}x; max acc={fmt(rt['router_max_accuracy'])}; "
         f"aiq={fmt(rt['aiq'])}",
+        *_holdout_lines(report),
+    ]
+
+
+def _holdout_lines(report: dict[str, Any]) -> list[str]:
+    ho = report.get("holdout")
+    if not ho:
+        return []
+    per = ", ".join(
+        f"{m}={'n/a' if a is None else f'{a:.3f}'} (share {ho['mean_share_over_curve'][m]:.3f})"
+        for m, a in ho["auroc_per_model"].items()
+    )
+    mean = ho["auroc_within_model"]
+    return [
+        f"holdout: {len(ho['models'])} models keep {sorted(set(ho['anchors_kept'].values()))} anchors "
+        f"(seed {ho['seed']}); auroc_within_model={'n/a' if mean is None else f'{mean:.3f}'}; {per}"
     ]
 
 
@@ -166,6 +182,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         embedder=_embedder(args.embedder),
         estimator=_estimator(args),
         k=args.k,
+        holdout_models=[m.strip() for m in args.holdout_models.split(",") if m.strip()],
+        holdout_anchors=args.holdout_anchors,
+        holdout_seed=args.holdout_seed,
     )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +262,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--k", type=int, default=10, help="anchors per estimate")
 
     def estimator_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--estimator", default="anchors", choices=["anchors", "scope", "hybrid", "gated"])
+        from scope_shared.estimators.registry import ESTIMATORS
+
+        sp.add_argument("--estimator", default="anchors", choices=list(ESTIMATORS))
         sp.add_argument("--vllm-url", help="OpenAI-compatible vLLM base URL serving the SCOPE model")
         sp.add_argument("--vllm-model", help="served model name (default: the server's only model)")
         sp.add_argument("--vllm-key-env", help="name of the env var holding the vLLM API key")
@@ -274,6 +295,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--prices", required=True)
     sp.add_argument("--json", help="write the full report here")
     sp.add_argument("--plot", help="write the accuracy/cost plot here (PNG)")
+    sp.add_argument(
+        "--holdout-models", default="", help="comma-separated models treated as new: keep few of their anchors"
+    )
+    sp.add_argument("--holdout-anchors", type=int, default=50, help="anchors each held-out model keeps")
+    sp.add_argument("--holdout-seed", type=int, default=0, help="seed of the anchors held-out models keep")
     sp.set_defaults(fn=cmd_evaluate)
 
     sp = sub.add_parser("demo", help="build a store from shared data, route held-out queries, compare")

@@ -254,6 +254,9 @@ def evaluate(
     values: Sequence[float | None] = DEFAULT_VALUES,
     pool: Sequence[str] | None = None,
     batch_size: int = 256,
+    holdout_models: Sequence[str] = (),
+    holdout_anchors: int = 50,
+    holdout_seed: int = 0,
 ) -> dict[str, Any]:
     """Replay-evaluate an estimator: load ``anchors`` into a fresh store, estimate ``test``, report.
 
@@ -264,6 +267,9 @@ def evaluate(
         estimator: default anchor statistics.
         store: an empty store to load into (default: a fresh in-memory one).
         pool: models to route over (default: priced models with an outcome on every test query).
+        holdout_models: models treated as newly added: their anchor outcomes are cut down to
+            ``holdout_anchors`` random anchors (seeded by ``holdout_seed``) before loading; the report's
+            ``holdout`` section gives their AUROC within model and their share of the router's picks.
     """
     t0 = time.perf_counter()
     anchor_rows = load_outcomes(anchors) if isinstance(anchors, str | Path) else list(anchors)
@@ -275,6 +281,7 @@ def evaluate(
     if not test_rows:
         msg = "no test outcome of a priced model that also has anchor outcomes"
         raise DataError(msg)
+    anchor_rows, kept = _hold_out(anchor_rows, holdout_models, holdout_anchors, holdout_seed, known)
     if store is None:
         store = AnchorStore(embedder=embedder)
     store.add([o for o in anchor_rows if o.model in known])
@@ -306,14 +313,16 @@ def evaluate(
         raise ConfigError(msg)
     table = replay_table(test_rows, estimates, cards, pool, tokens_per_char=store.tokens_per_char)
     est_tokens = sum(e.estimator_tokens for per in estimates.values() for e in per.values())
-    return {
+    estimation = _estimation_metrics(test_rows, estimates)
+    routing = routing_report(table, values=values)
+    report: dict[str, Any] = {
         "estimator": engine.estimator.name,
         "embedder": store.embedder.name,
         "k": k,
         "anchors": store.count(),
         "test_queries": len(queries),
-        "estimation": _estimation_metrics(test_rows, estimates),
-        "routing": routing_report(table, values=values),
+        "estimation": estimation,
+        "routing": routing,
         "estimator_cost": {
             "estimator_tokens": est_tokens,
             "degraded_batches": len(degraded),
@@ -321,6 +330,52 @@ def evaluate(
             "escalated_share": _escalated_share(estimates),
         },
         "timing_s": {"load": round(t_load, 2), "estimate": round(t_est, 2)},
+    }
+    if holdout_models:
+        report["holdout"] = _holdout_report(kept, holdout_seed, estimation, routing)
+    return report
+
+
+def _hold_out(
+    rows: Sequence[Outcome], models: Sequence[str], n_keep: int, seed: int, known: set[str]
+) -> tuple[list[Outcome], dict[str, int]]:
+    """Keep each held-out model's outcomes on only ``n_keep`` random anchors (seeded); other rows unchanged."""
+    held = list(dict.fromkeys(models))
+    if not held:
+        return list(rows), {}
+    unknown = [m for m in held if m not in known]
+    if unknown:
+        msg = f"holdout models without prices or anchor outcomes: {unknown}; known: {sorted(known)}"
+        raise ConfigError(msg)
+    if n_keep < 0:
+        msg = f"holdout_anchors must be >= 0, got {n_keep}"
+        raise ConfigError(msg)
+    keep: dict[str, set[str]] = {}
+    for i, model in enumerate(held):
+        queries = sorted({o.query for o in rows if o.model == model})
+        rng = np.random.default_rng([seed, i])
+        picked = rng.choice(len(queries), size=min(n_keep, len(queries)), replace=False)
+        keep[model] = {queries[j] for j in picked}
+    out = [o for o in rows if o.model not in keep or o.query in keep[o.model]]
+    return out, {m: len(q) for m, q in keep.items()}
+
+
+def _holdout_report(
+    kept: Mapping[str, int], seed: int, estimation: Mapping[str, Any], routing: Mapping[str, Any]
+) -> dict[str, Any]:
+    per_model = {m: estimation["auroc_per_model"].get(m) for m in kept}
+    scored = [a for a in per_model.values() if a is not None]
+    curve = routing["curve"]
+    share = {m: float(np.mean([pt["model_share"].get(m, 0.0) for pt in curve])) if curve else 0.0 for m in kept}
+    top = max(curve, key=lambda pt: (pt["accuracy"], -pt["cost"])) if curve else None
+    return {
+        "models": list(kept),
+        "anchors_kept": dict(kept),
+        "seed": seed,
+        "auroc_per_model": per_model,
+        "auroc_within_model": float(np.mean(scored)) if scored else None,
+        "mean_share_over_curve": share,
+        "share_at_max_accuracy": {m: top["model_share"].get(m, 0.0) for m in kept} if top else {},
     }
 
 

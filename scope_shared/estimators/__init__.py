@@ -10,6 +10,7 @@ from scope_shared.estimators.base import (
     QueryContext,
 )
 from scope_shared.estimators.hybrid import GatedEstimator, HybridEstimator, escalated
+from scope_shared.estimators.learned import FitReport, LearnedEstimator
 from scope_shared.estimators.scope_prompt import SCOPE_COT, SCOPE_NOCOT, PromptTemplate
 from scope_shared.estimators.scope_vllm import (
     HTTPBackend,
@@ -24,10 +25,12 @@ __all__ = [
     "AnchorRecord",
     "AnchorStatsEstimator",
     "Estimator",
+    "FitReport",
     "GatedEstimator",
     "HTTPBackend",
     "HybridEstimator",
     "InProcessBackend",
+    "LearnedEstimator",
     "ModelStats",
     "Prediction",
     "Prior",

@@ -11,18 +11,23 @@ from scope_shared.estimators.base import Estimator
 __all__ = ["ESTIMATORS", "build_estimator"]
 
 #: Names accepted by :func:`build_estimator` and ``scope-router evaluate --estimator``.
-ESTIMATORS = ("anchors", "scope", "hybrid", "gated")
+ESTIMATORS = ("anchors", "learned", "scope", "hybrid", "gated")
 
 
 def build_estimator(name: str, *, k: int = 10, **options: Any) -> Estimator:
     """Build an estimator by name.
 
-    ``anchors`` needs nothing else; ``scope``, ``hybrid`` and ``gated`` need ``base_url`` (a vLLM
-    OpenAI-compatible server) and accept the :class:`ScopeLLMEstimator` options (``model``, ``api_key``,
-    ...). ``k`` is the anchor-statistics side's neighbour count; the SCOPE prompt keeps its own.
+    ``anchors`` and ``learned`` need nothing else (``learned`` fits on the store the engine binds);
+    ``scope``, ``hybrid`` and ``gated`` need ``base_url`` (a vLLM OpenAI-compatible server) and accept
+    the :class:`ScopeLLMEstimator` options (``model``, ``api_key``, ...). ``k`` is the anchor-statistics
+    side's neighbour count; the SCOPE prompt keeps its own.
     """
     if name == "anchors":
         return AnchorStatsEstimator(k=k)
+    if name == "learned":
+        from scope_shared.estimators.learned import LearnedEstimator
+
+        return LearnedEstimator(k=k)
     if name in ("scope", "hybrid", "gated"):
         from scope_shared.estimators.scope_vllm import ScopeLLMEstimator
 

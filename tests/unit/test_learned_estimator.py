@@ -1,0 +1,292 @@
+"""The learned estimator on synthetic item-response data, in the engine, and evaluate's holdout mode."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scope_shared import AnchorStore, ConfigError, HashingEmbedder, ModelCard, Outcome, ScopeEngine
+from scope_shared.cli import main
+from scope_shared.estimators import AnchorOutcome, AnchorRecord, AnchorStatsEstimator, ModelStats, QueryContext
+from scope_shared.estimators.learned import LearnedEstimator
+from scope_shared.estimators.registry import build_estimator
+from scope_shared.evaluation import auroc, evaluate, expected_calibration_error
+from tests.unit.conftest import CARDS, MATH, POEMS, sample_outcomes
+
+DIM = 16
+CLUSTERS = 6
+DIFFICULTY = np.linspace(-1.5, 1.5, CLUSTERS)  # cluster 0 easiest
+ABILITY = {"weak": -0.5, "mid": 0.5, "strong": 1.5}
+LENGTH = {"weak": 3.0, "mid": 4.0, "strong": 5.0}
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+class World:
+    """Clusters of questions with a difficulty each; models answer by a Rasch model."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        c = self.rng.normal(size=(CLUSTERS, DIM))
+        self.centres = c / np.linalg.norm(c, axis=1, keepdims=True)
+        self.length = self.rng.normal(0, 0.7, CLUSTERS)
+
+    def questions(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        cl = np.arange(n) % CLUSTERS
+        x = self.centres[cl] + 0.25 * self.rng.normal(size=(n, DIM))
+        return x / np.linalg.norm(x, axis=1, keepdims=True), cl
+
+    def outcome(self, model: str, cluster: int) -> AnchorOutcome:
+        correct = float(self.rng.random() < _sigmoid(ABILITY.get(model, 1.0) - DIFFICULTY[cluster]))
+        tokens = math.expm1(LENGTH.get(model, 4.5) + self.length[cluster] + 0.1 * self.rng.normal())
+        return AnchorOutcome(correct=correct, output_tokens=round(tokens))
+
+    def anchors(self, n: int, models: tuple[str, ...] = tuple(ABILITY)) -> tuple[list[AnchorRecord], np.ndarray, np.ndarray]:
+        x, cl = self.questions(n)
+        recs = [
+            AnchorRecord(
+                anchor_id=f"a{i}",
+                question=f"question {i} of cluster {c}",
+                similarity=1.0,
+                outcomes={m: self.outcome(m, int(c)) for m in models},
+            )
+            for i, c in enumerate(cl)
+        ]
+        return recs, x, cl
+
+
+def stats_of(recs: list[AnchorRecord]) -> dict[str, ModelStats]:
+    by: dict[str, list[AnchorOutcome]] = {}
+    for r in recs:
+        for m, o in r.outcomes.items():
+            by.setdefault(m, []).append(o)
+    return {
+        m: ModelStats(
+            n=len(v),
+            p_correct=float(np.mean([o.correct for o in v])),
+            mean_log_tokens=float(np.mean([math.log1p(o.output_tokens or 0) for o in v])),
+            n_tokens=len(v),
+        )
+        for m, v in by.items()
+    }
+
+
+def context(x: np.ndarray, recs: list[AnchorRecord], emb: np.ndarray, *, r: int = 30, embedding: bool = True) -> QueryContext:
+    sims = emb @ x
+    top = np.argsort(-sims)[:r]
+    anchors = tuple(
+        AnchorRecord(anchor_id=recs[i].anchor_id, question=recs[i].question, similarity=float(sims[i]), outcomes=recs[i].outcomes)
+        for i in top
+    )
+    return QueryContext(
+        query="a new question",
+        input_tokens=50.0,
+        anchors=anchors,
+        stats=stats_of(recs),
+        embedding=list(x) if embedding else None,
+    )
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[World, LearnedEstimator, list[AnchorRecord], np.ndarray]:
+    world = World(0)
+    recs, emb, _ = world.anchors(900)
+    est = LearnedEstimator(k=10)
+    est.fit_anchors(recs, emb, [50.0] * len(recs))
+    return world, est, recs, emb
+
+
+def test_loo_fit_recovers_difficulty_and_ability_ordering(fitted: tuple[World, LearnedEstimator, list[AnchorRecord], np.ndarray]) -> None:
+    world, est, recs, emb = fitted
+    rep = est.report
+    assert rep is not None and rep.anchors == 900 and rep.models == 3
+    assert rep.loo_auroc_within_model is not None and rep.loo_auroc_within_model > 0.65
+    x, cl = world.questions(CLUSTERS * 20)
+    ctxs = [context(xi, recs, emb) for xi in x]
+    preds = est._predict(ctxs, list(ABILITY))
+    p = np.array([[row[m].p_correct for m in ABILITY] for row in preds])
+    by_cluster = np.array([p[cl == c].mean(axis=0) for c in range(CLUSTERS)])
+    # harder clusters get lower p for every model; stronger models get higher p in every cluster
+    assert np.all(np.diff(by_cluster, axis=0) < 0)
+    assert np.all(np.diff(by_cluster, axis=1) > 0)
+
+
+def test_calibrated_on_fresh_questions_and_monotone_in_neighbour_record(
+    fitted: tuple[World, LearnedEstimator, list[AnchorRecord], np.ndarray],
+) -> None:
+    world, est, recs, emb = fitted
+    assert est.report is not None and est.report.loo_ece is not None and est.report.loo_ece < 0.05
+    x, cl = world.questions(600)
+    ctxs = [context(xi, recs, emb) for xi in x]
+    preds = est._predict(ctxs, ["mid"])
+    p = np.array([row["mid"].p_correct for row in preds])
+    y = np.array([world.outcome("mid", int(c)).correct for c in cl])
+    assert expected_calibration_error(p, y) < 0.06
+    # more of the model's own neighbours correct -> higher p (a positive weight on its neighbour record)
+    base = ctxs[0]
+    ps = []
+    for n_right in range(0, 11, 2):
+        anchors = tuple(
+            AnchorRecord(
+                anchor_id=a.anchor_id,
+                question=a.question,
+                similarity=a.similarity,
+                outcomes={**a.outcomes, "mid": AnchorOutcome(correct=float(i < n_right), output_tokens=50)},
+            )
+            for i, a in enumerate(base.anchors)
+        )
+        ctx = QueryContext(query=base.query, input_tokens=50.0, anchors=anchors, stats=base.stats, embedding=base.embedding)
+        ps.append(est._predict([ctx], ["mid"])[0]["mid"].p_correct)
+    assert all(b > a for a, b in zip(ps, ps[1:], strict=False))
+
+
+def test_length_follows_model_and_cluster(fitted: tuple[World, LearnedEstimator, list[AnchorRecord], np.ndarray]) -> None:
+    world, est, recs, emb = fitted
+    x, cl = world.questions(CLUSTERS * 10)
+    preds = est._predict([context(xi, recs, emb) for xi in x], list(ABILITY))
+    err = [
+        abs(math.log1p(row[m].output_tokens) - (LENGTH[m] + world.length[c]))
+        for row, c in zip(preds, cl, strict=True)
+        for m in ABILITY
+    ]
+    assert float(np.mean(err)) < 0.2
+
+
+def test_new_model_with_few_anchors_needs_no_refit(fitted: tuple[World, LearnedEstimator, list[AnchorRecord], np.ndarray]) -> None:
+    world, est, recs, emb = fitted
+    params = est._params
+    # "new" answers only 12 anchors (2 per cluster); everything else is as before
+    with_new = [
+        AnchorRecord(
+            anchor_id=r.anchor_id,
+            question=r.question,
+            similarity=1.0,
+            outcomes={**r.outcomes, "new": world.outcome("new", i % CLUSTERS)} if i < 12 else r.outcomes,
+        )
+        for i, r in enumerate(recs)
+    ]
+    x, cl = world.questions(CLUSTERS * 40)
+    preds = est._predict([context(xi, with_new, emb) for xi in x], ["new"])
+    assert est._params is params
+    p = np.array([row["new"].p_correct for row in preds])
+    y = np.array([world.outcome("new", int(c)).correct for c in cl])
+    score = auroc(p, y)
+    assert score is not None and score > 0.65
+    assert p[cl == 0].mean() > p[cl == CLUSTERS - 1].mean() + 0.2
+
+
+def test_missing_embedding_is_marked(fitted: tuple[World, LearnedEstimator, list[AnchorRecord], np.ndarray]) -> None:
+    world, est, recs, emb = fitted
+    x, _ = world.questions(1)
+    row = est._predict([context(x[0], recs, emb, embedding=False)], ["mid"])[0]["mid"]
+    assert row.degraded and "no query embedding" in row.reason
+    assert 0.0 < row.p_correct < 1.0
+
+
+def test_too_few_outcomes_means_anchor_statistics() -> None:
+    world = World(1)
+    recs, emb, _ = world.anchors(12)
+    est = LearnedEstimator(k=5)
+    rep = est.fit_anchors(recs, emb, [10.0] * 12)
+    assert "too few" in rep.note
+    ctx = context(emb[0], recs[1:], emb[1:], r=11)
+    mine = est.estimate([ctx], [ModelCard(name="mid", input_per_mtok=1, output_per_mtok=1)])[0]["mid"]
+    plain = AnchorStatsEstimator(k=5).estimate([ctx], [ModelCard(name="mid", input_per_mtok=1, output_per_mtok=1)])[0]["mid"]
+    assert mine.p_correct == pytest.approx(min(max(plain.p_correct, 1e-3), 1 - 1e-3))
+    assert "too few" in mine.reason
+
+
+def test_unfitted_without_store_says_what_to_do() -> None:
+    ctx = QueryContext(query="q", input_tokens=1.0, anchors=(), stats={"m": ModelStats(n=3, p_correct=0.5)})
+    with pytest.raises(ConfigError, match="fit\\(store\\)"):
+        LearnedEstimator()._predict([ctx], ["m"])
+    with pytest.raises(ConfigError):
+        LearnedEstimator(k=0)
+
+
+def more_math(n: int, start: int = 100) -> list[Outcome]:
+    rows = []
+    for a in range(start, start + n):
+        q = f"what is {a} plus {a + 1} in arithmetic"
+        rows.append(Outcome(query=q, model="big", correct=1.0, output_tokens=10, input_tokens=8))
+        rows.append(Outcome(query=q, model="small", correct=1.0, output_tokens=12, input_tokens=8))
+    return rows
+
+
+def test_engine_binds_store_fits_lazily_and_refits_on_growth(store: AnchorStore, cards: list[ModelCard]) -> None:
+    records, emb, in_tok = store.export()
+    assert len(records) == store.count() == len(MATH) + len(POEMS)
+    assert emb.shape[0] == len(records) and in_tok[0] in (8.0, 9.0)
+    est = LearnedEstimator(k=5, min_fit_pairs=10)
+    engine = ScopeEngine(store=store, models=cards, estimator=est, k=5)
+    assert not est.fitted
+    math_q, poem_q = "what is 40 plus 41 in arithmetic", "write a sonnet poem about the grey moon"
+    d_math = engine.route(math_q, reserve=False)
+    assert est.fitted and est.report is not None and est.report.anchors == 20
+    d_poem = engine.route(poem_q, reserve=False)
+    assert d_math.estimates["small"].p_correct > d_poem.estimates["small"].p_correct
+    assert d_poem.estimates["small"].output_tokens > d_math.estimates["small"].output_tokens
+    store.add(more_math(10))  # 20 -> 30 anchors: beyond refit_growth (10%)
+    engine.route(math_q, reserve=False)
+    est.wait_refit(timeout=30)
+    assert est.report.anchors == 30
+
+
+def test_registry_and_cli_know_learned() -> None:
+    est = build_estimator("learned", k=7)
+    assert isinstance(est, LearnedEstimator) and est.k == 7
+
+
+def holdout_data() -> tuple[list[Outcome], list[Outcome]]:
+    anchors = sample_outcomes() + more_math(10)
+    test = []
+    for q in ["what is 500 plus 501 in arithmetic", "write a sonnet poem about the pale moon"]:
+        poem = "poem" in q
+        test.append(Outcome(query=q, model="big", correct=1.0, output_tokens=300 if poem else 10, input_tokens=9))
+        test.append(Outcome(query=q, model="small", correct=0.0 if poem else 1.0, output_tokens=200 if poem else 12, input_tokens=9))
+    return anchors, test
+
+
+def test_evaluate_holdout_keeps_n_anchors_of_held_out_models() -> None:
+    anchors, test = holdout_data()
+    store = AnchorStore(embedder=HashingEmbedder())
+    rep = evaluate(
+        anchors, test, CARDS, store=store, estimator=LearnedEstimator(k=5, min_fit_pairs=10),
+        holdout_models=["small"], holdout_anchors=6, holdout_seed=3,
+    )
+    stats = store.model_stats(refresh=True)
+    assert stats["small"].n == 6 and stats["big"].n == 30
+    ho = rep["holdout"]
+    assert ho["anchors_kept"] == {"small": 6} and ho["seed"] == 3
+    assert ho["auroc_per_model"]["small"] == rep["estimation"]["auroc_per_model"]["small"]
+    assert set(ho["mean_share_over_curve"]) == {"small"}
+    # the same seed keeps the same anchors
+    store2 = AnchorStore(embedder=HashingEmbedder())
+    evaluate(anchors, test, CARDS, store=store2, holdout_models=["small"], holdout_anchors=6, holdout_seed=3)
+    kept = {r.question for r in store.export()[0] if "small" in r.outcomes}
+    assert kept == {r.question for r in store2.export()[0] if "small" in r.outcomes}
+    with pytest.raises(ConfigError, match="holdout models"):
+        evaluate(anchors, test, CARDS, embedder=HashingEmbedder(), holdout_models=["nope"])
+    assert "holdout" not in evaluate(anchors, test, CARDS, embedder=HashingEmbedder())
+
+
+def test_cli_evaluate_learned_with_holdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    anchors, test = holdout_data()
+    a, t = tmp_path / "a.jsonl", tmp_path / "t.jsonl"
+    a.write_text("\n".join(json.dumps(r.model_dump()) for r in anchors))
+    t.write_text("\n".join(json.dumps(r.model_dump()) for r in test))
+    prices = tmp_path / "prices.csv"
+    prices.write_text("model,input_per_mtok,output_per_mtok\nbig,10,30\nsmall,0.2,0.2\n")
+    code = main([
+        "evaluate", "--anchors", str(a), "--test", str(t), "--prices", str(prices), "--embedder", "hashing",
+        "--estimator", "learned", "--holdout-models", "small", "--holdout-anchors", "4",
+    ])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "estimator=learned" in out and "holdout: 1 models keep [4] anchors" in out
