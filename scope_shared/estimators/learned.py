@@ -16,6 +16,11 @@ the store later (even with outcomes on a few anchors) is estimated without any t
 Output length is a shared Huber regression in ``log1p`` space on the model's neighbour lengths, its
 overall length, the other models' length residuals on the neighbours and the query's input tokens.
 
+A query that is itself an anchor (the same text, e.g. an answer recorded through ``engine.record``) moves
+``exact_weight`` of the way to each model's recorded outcome and length on it. Leave-one-out fitting never
+sees such repeats (and near-duplicates can disagree: Winogrande twins differ by one word and flip the
+answer), so this weight is a stated choice, not a fitted one.
+
 Fitting is leave-one-out over the anchors themselves: each anchor is treated as a query whose neighbours
 are the other anchors, so the weights (and the calibration they imply) come from the anchors only. Call
 :meth:`LearnedEstimator.fit` explicitly, or let the engine bind its store and fit on first use; the
@@ -264,6 +269,8 @@ class LearnedEstimator(Estimator):
             :class:`NoAnchorDataError`.
         evidence: anchors kept per estimate as evidence (most similar first).
         tail_chars: characters at the end of a query that :func:`text_stats` reads.
+        exact_weight: how far the estimate moves toward a model's recorded outcome on the query itself
+            when the query is an anchor (0 ignores it, 1 repeats it).
         seed: seed of the fit subset and the ridge folds.
     """
 
@@ -282,6 +289,7 @@ class LearnedEstimator(Estimator):
         prior: Prior | None = None,
         evidence: int = 5,
         tail_chars: int = 1000,
+        exact_weight: float = 0.5,
         seed: int = 0,
     ) -> None:
         if k < 1:
@@ -292,6 +300,9 @@ class LearnedEstimator(Estimator):
                 f"power and prior_strength must be >= 0 and ridge_alpha > 0, got {power}, {prior_strength}, "
                 f"{ridge_alpha}"
             )
+            raise ConfigError(msg)
+        if not 0.0 <= exact_weight <= 1.0:
+            msg = f"exact_weight must be in [0, 1], got {exact_weight}"
             raise ConfigError(msg)
         if max_fit_anchors < 2 or min_fit_pairs < 1 or refit_growth < 0:
             msg = (
@@ -309,6 +320,7 @@ class LearnedEstimator(Estimator):
         self.prior = prior
         self.evidence = evidence
         self.tail_chars = tail_chars
+        self.exact_weight = exact_weight
         self.seed = seed
         self._store: AnchorStore | None = None
         self._params: _Params | None = None
@@ -678,15 +690,23 @@ class LearnedEstimator(Estimator):
         else:
             lt = np.asarray(f["knn_length"][0])
         n_eff = np.asarray(f["n_eff"][0])
+        exact = next((a for a in anchors if a.question == ctx.query), None)
+        w = self.exact_weight
         result: dict[str, Prediction] = {}
         for m in models:
             j = col[m]
-            pj = float(p[j])
+            pj, ltj = float(p[j]), float(lt[j])
+            seen = exact.outcomes.get(m) if exact is not None else None
+            if seen is not None and w > 0:
+                pj = (1.0 - w) * pj + w * seen.correct
+                if seen.output_tokens is not None:
+                    ltj = (1.0 - w) * ltj + w * math.log1p(max(0.0, seen.output_tokens))
             evidence = self._evidence(anchors, m)
-            why = "; ".join(r for r in (degraded.get(m, ""), reason) if r)
+            notes = (degraded.get(m, ""), reason, "the query itself is an anchor" if seen is not None else "")
+            why = "; ".join(r for r in notes if r)
             result[m] = Prediction(
                 p_correct=pj,
-                output_tokens=math.expm1(float(lt[j])),
+                output_tokens=math.expm1(ltj),
                 evidence=evidence,
                 p_std=math.sqrt(max(pj * (1.0 - pj), 1e-9) / max(float(n_eff[j]) + self.prior_strength, 1e-9)),
                 degraded=m in degraded or (reason.startswith("no query embedding")),

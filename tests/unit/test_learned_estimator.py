@@ -290,3 +290,35 @@ def test_cli_evaluate_learned_with_holdout(tmp_path: Path, capsys: pytest.Captur
     out = capsys.readouterr().out
     assert code == 0
     assert "estimator=learned" in out and "holdout: 1 models keep [4] anchors" in out
+
+
+def test_query_that_is_an_anchor_moves_toward_its_recorded_outcome(
+    fitted: tuple[World, LearnedEstimator, list[AnchorRecord], np.ndarray],
+) -> None:
+    world, est, recs, emb = fitted
+    ctx = context(emb[0], recs[1:], emb[1:])
+
+    def with_first(question: str) -> QueryContext:
+        first = AnchorRecord(
+            anchor_id="self", question=question, similarity=1.0,
+            outcomes={"strong": AnchorOutcome(correct=0.0, output_tokens=5000)},
+        )
+        return QueryContext(query=ctx.query, input_tokens=50.0, anchors=(first, *ctx.anchors), stats=ctx.stats, embedding=ctx.embedding)
+
+    twin = est._predict([with_first("a different text, same embedding")], ["strong", "weak"])[0]
+    same = est._predict([with_first(ctx.query)], ["strong", "weak"])[0]
+    w = est.exact_weight
+    assert same["strong"].p_correct == pytest.approx((1 - w) * twin["strong"].p_correct)
+    assert math.log1p(same["strong"].output_tokens) == pytest.approx(
+        (1 - w) * math.log1p(twin["strong"].output_tokens) + w * math.log1p(5000)
+    )
+    assert "the query itself is an anchor" in same["strong"].reason
+    assert same["weak"].p_correct == twin["weak"].p_correct and same["weak"].reason == ""
+
+
+def test_engine_default_estimator_is_learned(store: AnchorStore, cards: list[ModelCard]) -> None:
+    engine = ScopeEngine(store=store, models=cards)
+    assert isinstance(engine.estimator, LearnedEstimator)
+    assert isinstance(engine.fallback, AnchorStatsEstimator)
+    d = engine.route("what is 7 plus 8 in arithmetic", reserve=False)
+    assert d.estimate.estimator == "learned"
