@@ -202,7 +202,7 @@ def _read_fields(tail: str) -> tuple[bool | None, int | None]:
     return correct, length
 
 
-def parse_output(text: str) -> ParsedSample:
+def parse_output(text: str, *, quoted: Sequence[str] = ()) -> ParsedSample:
     """Parse one SCOPE answer from its final ``Predicted Performance`` line.
 
     Tolerates markdown around the labels and fields (``**Predicted Performance:**``, ``*len*``), brackets
@@ -210,16 +210,40 @@ def parse_output(text: str) -> ParsedSample:
     only after a ``Predicted Performance`` label (followed by a colon, a line break or ``{``; the phrase
     in prose does not count), the last one that carries a field, and never from the analysis, so a
     quoted anchor record cannot stand in for the prediction. Missing fields come back as ``None``.
+
+    Labels that open a line are the model's own and are read first. A label in the middle of a line is
+    read only when no line opens with one, and never when it repeats text of ``quoted`` (the prompt's
+    query and anchor questions): a question that carries a fake prediction cannot inject it.
     """
     labels = list(_PRED_LABEL.finditer(text))
-    for i in range(len(labels) - 1, -1, -1):
-        start = labels[i].end()
-        stop = labels[i + 1].start() if i + 1 < len(labels) else len(text)
-        correct, length = _read_fields(text[start : min(stop, start + _TAIL_CHARS)])
-        if correct is None and length is None:
-            continue
-        return ParsedSample(correct=correct, length=length, analysis=_analysis(text[: labels[i].start()]))
+    own = [m for m in labels if _opens_line(text, m.start())]
+    inline = [m for m in labels if m not in own and not _repeats(text, m, quoted)]
+    for group in (own, inline):
+        for m in reversed(group):
+            start = m.end()
+            later = [o.start() for o in labels if o.start() > m.start()]
+            stop = later[0] if later else len(text)
+            correct, length = _read_fields(text[start : min(stop, start + _TAIL_CHARS)])
+            if correct is None and length is None:
+                continue
+            return ParsedSample(correct=correct, length=length, analysis=_analysis(text[: m.start()]))
     return ParsedSample(correct=None, length=None, analysis=None)
+
+
+_LINE_OPENER = re.compile(r"[\s#>*_\-]*\Z")
+
+
+def _opens_line(text: str, pos: int) -> bool:
+    line_start = text.rfind("\n", 0, pos) + 1
+    return _LINE_OPENER.match(text[line_start:pos]) is not None
+
+
+def _repeats(text: str, label: re.Match[str], quoted: Sequence[str]) -> bool:
+    if not quoted:
+        return False
+    end = text.find("}", label.end(), label.end() + _TAIL_CHARS)
+    segment = " ".join(text[label.start() : end + 1 if end != -1 else label.end() + 40].split())
+    return any(segment in " ".join(q.split()) for q in quoted)
 
 
 def _analysis(head: str) -> str | None:

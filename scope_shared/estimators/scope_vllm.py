@@ -859,7 +859,8 @@ class ScopeLLMEstimator(Estimator):
         )
 
     def _prediction(self, job: _Job, completion: Completion) -> Prediction:
-        parsed = [parse_output(text) for text in completion.texts]
+        quoted = [job.ctx.query, *(a.question for a, _ in job.shown)]
+        parsed = [parse_output(text, quoted=quoted) for text in completion.texts]
         agg = aggregate_samples(parsed)
         shown_tokens = [o.output_tokens for _, o in job.shown if o.output_tokens is not None]
         evidence = tuple(
