@@ -180,13 +180,12 @@ class ScopeEngine:
             raise ConfigError(msg)
         reason = ""
         try:
-            self.store.require_anchors()
+            version = self.store.version_for(self.store.require_anchors())
             stats: Mapping[str, ModelStats] = self.store.model_stats()
             self._last_stats = stats
             vectors = self.store.embed([t[:MAX_QUERY_CHARS] for t in texts])
             anchors = self.store.query(vectors, k=self._retrieve_k())
             embeddings: list[Any] = list(vectors)
-            version = self.store.version
         except StoreUnavailableError as exc:
             if self.on_store_down == "raise" or self._last_stats is None:
                 raise

@@ -227,10 +227,15 @@ class AnchorStore:
         batch_size: int | None = None,
         progress: bool | None = None,
     ) -> AddReport:
-        """Write outcomes, merging them into existing anchors; atomic per batch.
+        """Write outcomes, merging them into existing anchors, batch by batch.
 
         Each batch is validated whole before anything is written: a malformed row rejects its batch with
         a :class:`DataError` naming the row (earlier batches stay written, and the error says how many).
+        New anchors are embedded and written with their vectors; anchors already stored get a
+        metadata-only update (their vectors are neither read nor rewritten). A batch holding both is two
+        Chroma writes, so a store failure between them leaves part of it written; adding it again is
+        idempotent.
+
         Args:
             outcomes: :class:`Outcome` objects or raw rows in the canonical column format.
             batch_size: outcomes per batch (default: the store's).
@@ -302,25 +307,26 @@ class AnchorStore:
         ids = list(records)
         with self._lock:
             col = self._col()
-            got = self._guard(lambda: col.get(ids=ids, include=["embeddings"]), "read anchors")
-            existing = {
-                rid: np.asarray(vec, dtype=np.float32)
-                for rid, vec in zip(got["ids"], got["embeddings"] if got["embeddings"] is not None else [], strict=True)
-            }
-            fresh = [rid for rid in ids if rid not in existing]
-            vectors: dict[str, Any] = dict(existing)
+            got = self._guard(lambda: col.get(ids=ids, include=[]), "read anchors")
+            known = set(got["ids"])
+            fresh = [rid for rid in ids if rid not in known]
+            stored = [rid for rid in ids if rid in known]
             if fresh:
-                embedded = self.embed([questions[rid] for rid in fresh])
-                vectors.update(zip(fresh, embedded, strict=True))
-            self._guard(
-                lambda: col.upsert(
-                    ids=ids,
-                    embeddings=np.stack([vectors[rid] for rid in ids]),
-                    documents=[questions[rid] for rid in ids],
-                    metadatas=[records[rid] for rid in ids],
-                ),
-                "write anchors",
-            )
+                vectors = self.embed([questions[rid] for rid in fresh])
+                self._guard(
+                    lambda: col.upsert(
+                        ids=fresh,
+                        embeddings=np.asarray(vectors, dtype=np.float32),
+                        documents=[questions[rid] for rid in fresh],
+                        metadatas=[records[rid] for rid in fresh],
+                    ),
+                    "write anchors",
+                )
+            if stored:
+                # Metadata only: Chroma merges the keys into the record and leaves its vector in the index.
+                self._guard(
+                    lambda: col.update(ids=stored, metadatas=[records[rid] for rid in stored]), "update anchors"
+                )
             self._writes += 1
             self._stats = None
         return len(fresh), len(ids) - len(fresh)
@@ -335,7 +341,11 @@ class AnchorStore:
     @property
     def version(self) -> str:
         """Changes whenever the anchors change (through this object, or their number elsewhere)."""
-        return f"{self._collection_name}:{self.count()}:{self._writes}"
+        return self.version_for(self.count())
+
+    def version_for(self, count: int) -> str:
+        """:attr:`version` from an anchor count just read (saves a second count on the routing path)."""
+        return f"{self._collection_name}:{count}:{self._writes}"
 
     def embed(self, texts: Sequence[str]) -> Matrix:
         """Embed texts as the store does (its embedder, over each text's last ``embed_tail_chars``)."""
@@ -479,14 +489,16 @@ class AnchorStore:
         """Input tokens of ``text``, from the anchors' recorded tokens-per-character ratio."""
         return max(1.0, round(len(text) * self._tokens_per_char))
 
-    def require_anchors(self) -> None:
-        """Raise :class:`EmptyStoreError` when the store holds no anchor."""
-        if self.count() == 0:
+    def require_anchors(self) -> int:
+        """The number of anchors; :class:`EmptyStoreError` when the store holds none."""
+        count = self.count()
+        if count == 0:
             msg = (
                 f"anchor store {self._collection_name!r} at {self._where()} is empty; "
                 "load outcomes first (scope-router ingest or AnchorStore.add)"
             )
             raise EmptyStoreError(msg)
+        return count
 
 
 def _fields(out: Outcome) -> tuple[float, int | None]:

@@ -222,3 +222,36 @@ def test_query_context_carries_value(store: AnchorStore, cards: list[ModelCard])
 
     ScopeEngine(store=store, models=cards, estimator=Spy(), value_per_correct=0.5).route(SUM, input_tokens=77)
     assert seen[0].value_per_correct == 0.5 and seen[0].input_tokens == 77 and seen[0].anchors
+
+
+def test_one_chroma_count_per_route(store: AnchorStore, cards: list[ModelCard]) -> None:
+    seen: list[QueryContext] = []
+
+    class Spy(AnchorStatsEstimator):
+        def _predict(self, queries: Any, models: Any) -> list[dict[str, Prediction]]:
+            seen.extend(queries)
+            return super()._predict(queries, models)
+
+    inner = store._col()
+    calls: list[str] = []
+
+    class CountingCollection:
+        def __getattr__(self, name: str) -> Any:
+            calls.append(name)
+            return getattr(inner, name)
+
+    store._collection = CountingCollection()
+    eng = ScopeEngine(store=store, models=cards, estimator=Spy(), value_per_correct=1.0)
+    eng.route(POEM)
+    calls.clear()
+    eng.route(SUM)
+    assert calls.count("count") == 1
+    assert calls == ["count", "query"]  # statistics cached: no other round trip
+    calls.clear()
+    eng.route_batch([POEM, SUM])
+    assert calls.count("count") == 1
+    assert seen[-1].anchor_version == store.version != ""
+    calls.clear()
+    eng.record(Outcome(query="a brand new question about tides", model="big", correct=1.0))
+    eng.route(SUM)
+    assert seen[-1].anchor_version == store.version == store.version_for(21)

@@ -1,9 +1,62 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import numpy as np
 import pytest
 
-from scope_shared import AnchorStore, ConfigError, DataError, HashingEmbedder, Outcome
+from scope_shared import AnchorStore, ConfigError, DataError, HashingEmbedder, Outcome, StoreUnavailableError
+from scope_shared.embeddings import Matrix
 from scope_shared.store import anchor_id
+
+from .conftest import MATH, POEMS
+
+
+class CountingEmbedder(HashingEmbedder):
+    """The hashing embedder, counting the texts it embeds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> Matrix:
+        self.texts.extend(texts)
+        return super().embed(texts)
+
+
+class SpyCollection:
+    """A real Chroma collection that logs each call's name and keyword arguments."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.fail: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*a: Any, **kw: Any) -> Any:
+            self.calls.append((name, kw))
+            if name in self.fail:
+                raise httpx.ConnectError("connection refused")
+            return attr(*a, **kw)
+
+        return call
+
+
+def spy_on(store: AnchorStore) -> SpyCollection:
+    spy = SpyCollection(store._col())
+    store._collection = spy
+    return spy
+
+
+def stored_vectors(store: AnchorStore) -> dict[str, np.ndarray]:
+    records, matrix, _ = store.export()
+    return {r.anchor_id: matrix[i].copy() for i, r in enumerate(records)}
 
 
 def test_add_and_query_most_similar_first(store: AnchorStore) -> None:
@@ -96,3 +149,94 @@ def test_input_tokens_ratio_learned(store: AnchorStore) -> None:
     # 8 or 9 recorded tokens over ~37-40 characters
     assert 0.15 < store.tokens_per_char < 0.3
     assert store.estimate_input_tokens("x" * 400) == pytest.approx(400 * store.tokens_per_char, abs=1)
+
+
+def test_outcomes_of_models_added_separately_are_all_kept() -> None:
+    s = AnchorStore(embedder=HashingEmbedder())
+    qs = [*MATH, *POEMS]
+    assert s.add([Outcome(query=q, model="a", correct=1.0, output_tokens=5) for q in qs]).anchors_new == 20
+    report = s.add([Outcome(query=q, model="b", correct=0.0, output_tokens=9) for q in qs])
+    assert (report.anchors_new, report.anchors_updated) == (0, 20)
+    recs = s.get([anchor_id(q) for q in qs])
+    assert len(recs) == 20
+    for rec in recs.values():
+        assert rec.outcomes["a"].correct == 1.0 and rec.outcomes["a"].output_tokens == 5.0
+        assert rec.outcomes["b"].correct == 0.0 and rec.outcomes["b"].output_tokens == 9.0
+        assert rec.question in qs
+    stats = s.model_stats()
+    assert (stats["a"].n, stats["b"].n, stats["b"].p_correct) == (20, 20, 0.0)
+
+
+def test_new_outcomes_on_stored_anchors_update_metadata_only(outcomes: list[Outcome]) -> None:
+    emb = CountingEmbedder()
+    s = AnchorStore(embedder=emb)
+    s.add(outcomes)
+    assert len(emb.texts) == 20
+    probe = s.embed(["what is 3 plus 4 in arithmetic", "a sonnet poem about the moon"])
+    emb.texts.clear()
+    before_vectors = stored_vectors(s)
+    before_hits = s.query(probe, k=20)
+    spy = spy_on(s)
+
+    report = s.add([Outcome(query=q, model="third", correct=1.0, output_tokens=3) for q in [*MATH, *POEMS]])
+
+    assert (report.anchors_new, report.anchors_updated) == (0, 20)
+    assert emb.texts == []  # nothing embedded again
+    names = [name for name, _ in spy.calls]
+    assert names == ["get", "update"]
+    assert spy.calls[0][1]["include"] == []  # no vector read
+    assert set(spy.calls[1][1]) == {"ids", "metadatas"}  # no vector, no document written
+    after_vectors = stored_vectors(s)
+    assert after_vectors.keys() == before_vectors.keys()
+    for rid, vec in before_vectors.items():
+        assert np.array_equal(after_vectors[rid], vec)
+    after_hits = s.query(probe, k=20)
+    for before, after in zip(before_hits, after_hits, strict=True):
+        assert [h.anchor_id for h in after] == [h.anchor_id for h in before]
+        assert [h.similarity for h in after] == [h.similarity for h in before]
+        assert [h.question for h in after] == [h.question for h in before]
+        assert all(set(h.outcomes) == {"big", "small", "third"} for h in after)
+
+
+def test_mixed_batch_embeds_only_new_anchors(outcomes: list[Outcome]) -> None:
+    emb = CountingEmbedder()
+    s = AnchorStore(embedder=emb)
+    s.add(outcomes)
+    emb.texts.clear()
+    spy = spy_on(s)
+    rows = [
+        Outcome(query=MATH[0], model="third", correct=1.0),
+        Outcome(query="an unseen question about rivers", model="third", correct=0.0),
+        Outcome(query=POEMS[0], model="third", correct=0.0),
+    ]
+    report = s.add(rows)
+    assert (report.anchors_new, report.anchors_updated) == (1, 2)
+    assert emb.texts == ["an unseen question about rivers"]
+    writes = {name: kw["ids"] for name, kw in spy.calls if name in ("upsert", "add", "update")}
+    assert writes == {"upsert": [anchor_id(rows[1].query)], "update": [anchor_id(MATH[0]), anchor_id(POEMS[0])]}
+    assert s.count() == 21
+    rec = s.get([anchor_id(rows[1].query)])[anchor_id(rows[1].query)]
+    assert rec.question == rows[1].query and set(rec.outcomes) == {"third"}
+    [[hit, *_]] = s.query(s.embed([rows[1].query]), k=3)
+    assert hit.anchor_id == anchor_id(rows[1].query) and hit.similarity == pytest.approx(1.0)
+
+
+def test_update_failure_is_store_unavailable_and_readding_recovers(outcomes: list[Outcome]) -> None:
+    s = AnchorStore(embedder=HashingEmbedder())
+    s.add(outcomes)
+    version = s.version
+    spy = spy_on(s)
+    spy.fail = {"update"}
+    row = Outcome(query=MATH[1], model="third", correct=1.0)
+    with pytest.raises(StoreUnavailableError, match="cannot update anchors"):
+        s.add([row])
+    assert s.version == version  # nothing counted as written
+    spy.fail = set()
+    assert s.add([row]).anchors_updated == 1
+    assert "third" in s.get([anchor_id(MATH[1])])[anchor_id(MATH[1])].outcomes
+
+
+def test_require_anchors_returns_the_count_and_version_agrees(store: AnchorStore) -> None:
+    assert store.require_anchors() == 20
+    assert store.version == store.version_for(20)
+    assert store.version.split(":")[1] == "20"
