@@ -11,6 +11,7 @@ This is the only module that knows Chroma's API.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -19,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +44,69 @@ DEFAULT_COLLECTION = "scope-anchors"
 #: Tokens per character when no anchor records its input tokens (about 4 characters a token in English).
 DEFAULT_TOKENS_PER_CHAR = 0.25
 _PAGE = 2000
+_ID_CHUNK = 1000
+#: The side collection ``<collection>.state`` holds the running outcome totals and fitted estimator state.
+STATE_SUFFIX = ".state"
+STATS_PREFIX = "stats:"
+STATS_BASE = STATS_PREFIX + "base"
+_STATE_KEY = "state:"
+_STATE_VECTOR = [1.0]
+
+
+@dataclass(slots=True)
+class _Totals:
+    """Running sums behind :meth:`AnchorStore.model_stats`: per model (n, correct, n_tokens, log tokens)."""
+
+    models: dict[str, list[float]] = field(default_factory=dict)
+    in_tokens: float = 0.0
+    in_chars: float = 0.0
+
+    def add_meta(self, meta: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> None:
+        """Count ``meta`` (merged over ``old``, the record's metadata before the write, if it existed)."""
+        old = old or {}
+        for key, value in meta.items():
+            if key.startswith(CORRECT):
+                acc = self.models.setdefault(key[len(CORRECT) :], [0.0, 0.0, 0.0, 0.0])
+                prev = old.get(key)
+                acc[0] += 0 if prev is not None else 1
+                acc[1] += float(value) - (float(prev) if prev is not None else 0.0)
+            elif key.startswith(TOKENS):
+                acc = self.models.setdefault(key[len(TOKENS) :], [0.0, 0.0, 0.0, 0.0])
+                prev = old.get(key)
+                acc[2] += 0 if prev is not None else 1
+                acc[3] += _log_tokens(value) - (_log_tokens(prev) if prev is not None else 0.0)
+        in_tok, chars = meta.get("in_tok"), meta.get("chars", old.get("chars"))
+        if isinstance(in_tok, int | float) and isinstance(chars, int | float) and chars > 0:
+            prev = old.get("in_tok")
+            if isinstance(prev, int | float):
+                self.in_tokens += float(in_tok) - float(prev)
+            else:
+                self.in_tokens += float(in_tok)
+                self.in_chars += float(chars)
+
+    def merge(self, other: _Totals) -> None:
+        for model, vals in other.models.items():
+            acc = self.models.setdefault(model, [0.0, 0.0, 0.0, 0.0])
+            for i, v in enumerate(vals):
+                acc[i] += v
+        self.in_tokens += other.in_tokens
+        self.in_chars += other.in_chars
+
+    def to_meta(self) -> dict[str, float]:
+        meta: dict[str, float] = {"in_tokens": self.in_tokens, "in_chars": self.in_chars}
+        for model, (n, c, nt, lt) in self.models.items():
+            meta |= {f"n::{model}": n, f"c::{model}": c, f"nt::{model}": nt, f"lt::{model}": lt}
+        return meta
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> _Totals:
+        out = cls(in_tokens=float(meta.get("in_tokens", 0.0)), in_chars=float(meta.get("in_chars", 0.0)))
+        for key, value in meta.items():
+            field_name, sep, model = key.partition("::")
+            if sep and field_name in ("n", "c", "nt", "lt"):
+                acc = out.models.setdefault(model, [0.0, 0.0, 0.0, 0.0])
+                acc[("n", "c", "nt", "lt").index(field_name)] = float(value)
+        return out
 
 
 def anchor_id(query: str) -> str:
@@ -136,6 +200,11 @@ class AnchorStore:
         self._stats: dict[str, ModelStats] | None = None
         self._stats_at = 0.0
         self._tokens_per_char = DEFAULT_TOKENS_PER_CHAR
+        self._state_collection: Any = None
+        self._writer = f"{STATS_PREFIX}{uuid.uuid4().hex}"
+        self._mine = _Totals()  # what this object has written, kept in its own record of the side collection
+        self._mine_saved = True
+        self._base_checked = False
 
     # -- construction helpers ------------------------------------------------------------------
 
@@ -307,8 +376,10 @@ class AnchorStore:
         ids = list(records)
         with self._lock:
             col = self._col()
-            got = self._guard(lambda: col.get(ids=ids, include=[]), "read anchors")
-            known = set(got["ids"])
+            self._ensure_stats_base()
+            got = self._guard(lambda: col.get(ids=ids, include=["metadatas"]), "read anchors")
+            before = dict(zip(got["ids"], got["metadatas"] or [], strict=True))
+            known = set(before)
             fresh = [rid for rid in ids if rid not in known]
             stored = [rid for rid in ids if rid in known]
             if fresh:
@@ -327,8 +398,12 @@ class AnchorStore:
                 self._guard(
                     lambda: col.update(ids=stored, metadatas=[records[rid] for rid in stored]), "update anchors"
                 )
+            for rid in ids:
+                self._mine.add_meta(records[rid], before.get(rid))
+            self._mine_saved = False
             self._writes += 1
             self._stats = None
+            self._save_totals()
         return len(fresh), len(ids) - len(fresh)
 
     # -- reading -------------------------------------------------------------------------------
@@ -402,28 +477,32 @@ class AnchorStore:
         anchor's recorded input tokens (None where none was recorded). Reads page by page.
         """
         col = self._col()
-        records: list[AnchorRecord] = []
-        vectors: list[Any] = []
-        in_tokens: list[float | None] = []
+        pages = []
         for offset in itertools.count(0, _PAGE):
 
             def page_at(off: int = offset) -> Any:
                 return col.get(include=["metadatas", "documents", "embeddings"], limit=_PAGE, offset=off)
 
             page = self._guard(page_at, "export anchors")
-            ids = page["ids"] or []
-            embs = page["embeddings"] if page["embeddings"] is not None else []
-            for rid, meta, doc, vec in zip(ids, page["metadatas"] or [], page["documents"] or [], embs, strict=True):
-                meta = meta or {}
-                outcomes = _outcomes(meta)
-                records.append(AnchorRecord(anchor_id=rid, question=doc or "", similarity=1.0, outcomes=outcomes))
-                vectors.append(np.asarray(vec, dtype=np.float32))
-                in_tok = meta.get("in_tok")
-                in_tokens.append(float(in_tok) if isinstance(in_tok, int | float) else None)
-            if len(ids) < _PAGE:
+            pages.append(page)
+            if len(page["ids"] or []) < _PAGE:
                 break
-        matrix = np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
-        return records, matrix, in_tokens
+        return _records(pages)
+
+    def sample(self, n: int, *, seed: int = 0) -> tuple[list[AnchorRecord], Matrix, list[float | None]]:
+        """Like :meth:`export`, for ``n`` anchors drawn at random (all of them when the store holds fewer)."""
+        col = self._col()
+        ids: list[str] = list(self._guard(lambda: col.get(include=[]), "list anchors")["ids"])
+        if len(ids) > n:
+            rng = np.random.default_rng(seed)
+            ids = [ids[i] for i in np.sort(rng.choice(len(ids), size=n, replace=False))]
+
+        def page(chunk: list[str]) -> Any:
+            return self._guard(
+                lambda: col.get(ids=chunk, include=["metadatas", "documents", "embeddings"]), "read anchors"
+            )
+
+        return _records(page(ids[i : i + _ID_CHUNK]) for i in range(0, len(ids), _ID_CHUNK))
 
     def iter_metadata(self) -> Iterable[Mapping[str, Any]]:
         """Every anchor's metadata, page by page."""
@@ -440,41 +519,126 @@ class AnchorStore:
                 return
 
     def model_stats(self, *, refresh: bool = False) -> dict[str, ModelStats]:
-        """Each model's overall record over all anchors (cached; see ``stats_ttl``)."""
+        """Each model's overall record over all anchors (cached for ``stats_ttl`` seconds).
+
+        Read from running totals in the side collection ``<collection>.state`` (one small record per writer,
+        kept by :meth:`add`), so it costs one small read however many anchors there are. Totals can drift
+        only if a writer dies between writing anchors and its totals, or two writers record the same
+        (anchor, model) at the same instant; :meth:`rebuild_stats` recounts from the anchors.
+        """
         with self._lock:
             fresh = self._stats is not None and time.monotonic() - self._stats_at < self._stats_ttl
             if fresh and not refresh:
                 assert self._stats is not None
                 return self._stats
-            sums: dict[str, list[float]] = {}
-            ratios: list[float] = []
-            for meta in self.iter_metadata():
-                for key, value in meta.items():
-                    if key.startswith(CORRECT):
-                        acc = sums.setdefault(key[len(CORRECT) :], [0.0, 0.0, 0.0, 0.0])
-                        acc[0] += 1
-                        acc[1] += float(value)
-                    elif key.startswith(TOKENS):
-                        acc = sums.setdefault(key[len(TOKENS) :], [0.0, 0.0, 0.0, 0.0])
-                        acc[2] += 1
-                        acc[3] += math.log1p(max(0.0, float(value)))
-                chars, in_tok = meta.get("chars"), meta.get("in_tok")
-                if isinstance(chars, int | float) and isinstance(in_tok, int | float) and chars > 0:
-                    ratios.append(float(in_tok) / float(chars))
-            self._stats = {
-                model: ModelStats(
-                    n=int(n),
-                    p_correct=s / n if n else 0.0,
-                    mean_log_tokens=lt / nt if nt else None,
-                    n_tokens=int(nt),
-                )
-                for model, (n, s, nt, lt) in sums.items()
-                if n > 0
-            }
-            if ratios:
-                self._tokens_per_char = float(np.median(ratios))
-            self._stats_at = time.monotonic()
+            self._ensure_stats_base()
+            state = self._state_col()
+            got = self._guard(lambda: state.get(include=["metadatas"]), "read anchor totals")
+            totals = _Totals()
+            for rid, meta in zip(got["ids"], got["metadatas"] or [], strict=True):
+                if rid.startswith(STATS_PREFIX) and rid != self._writer:
+                    totals.merge(_Totals.from_meta(meta or {}))
+            totals.merge(self._mine)  # ours, including totals not yet saved after a failed write
+            self._set_stats(totals)
+            if not self._mine_saved:
+                with contextlib.suppress(StoreUnavailableError):
+                    self._save_totals()
+            assert self._stats is not None
             return self._stats
+
+    def rebuild_stats(self) -> dict[str, ModelStats]:
+        """Recount every model's record from the anchors themselves (a full scan) and reset the totals.
+
+        For a store whose totals drifted (see :meth:`model_stats`); run it while nothing else writes.
+        """
+        with self._lock:
+            totals = self._scan_totals()
+            state = self._state_col()
+            got = self._guard(lambda: state.get(include=[]), "read anchor totals")
+            stale = [rid for rid in got["ids"] if rid.startswith(STATS_PREFIX) and rid != STATS_BASE]
+            self._put_state(STATS_BASE, totals.to_meta())
+            if stale:
+                self._guard(lambda: state.delete(ids=stale), "reset anchor totals")
+            self._mine = _Totals()
+            self._mine_saved = True
+            self._base_checked = True
+            self._set_stats(totals)
+            assert self._stats is not None
+            return self._stats
+
+    def _set_stats(self, totals: _Totals) -> None:
+        self._stats = {
+            model: ModelStats(
+                n=round(n),
+                p_correct=min(1.0, max(0.0, s / n)),
+                mean_log_tokens=lt / nt if nt >= 0.5 else None,
+                n_tokens=round(nt),
+            )
+            for model, (n, s, nt, lt) in sorted(totals.models.items())
+            if n >= 0.5
+        }
+        if totals.in_chars > 0 and totals.in_tokens > 0:
+            self._tokens_per_char = totals.in_tokens / totals.in_chars
+        self._stats_at = time.monotonic()
+
+    def _scan_totals(self) -> _Totals:
+        totals = _Totals()
+        for meta in self.iter_metadata():
+            totals.add_meta(meta)
+        return totals
+
+    def _ensure_stats_base(self) -> None:
+        """Give a store its base totals once: zero for a new one, a full count for one built before them."""
+        if self._base_checked:
+            return
+        state = self._state_col()
+        got = self._guard(lambda: state.get(ids=[STATS_BASE], include=[]), "read anchor totals")
+        if not got["ids"]:
+            if self.count() > 0:
+                logger.info("anchor store %s has no running totals yet: counting its anchors once", self)
+                base = self._scan_totals()
+            else:
+                base = _Totals()
+            self._put_state(STATS_BASE, base.to_meta())
+        self._base_checked = True
+
+    def _save_totals(self) -> None:
+        self._put_state(self._writer, self._mine.to_meta())
+        self._mine_saved = True
+
+    # -- side state: running totals and estimators' fitted state -------------------------------
+
+    def _state_col(self) -> Any:
+        if self._state_collection is None:
+            self._col()  # checks the embedder and creates the anchors collection first
+            with self._lock:
+                if self._state_collection is None:
+                    name = self._collection_name + STATE_SUFFIX
+                    self._state_collection = self._guard(
+                        lambda: self._client.get_or_create_collection(name, embedding_function=None),
+                        "open the state collection",
+                    )
+        return self._state_collection
+
+    def _put_state(self, rid: str, meta: Mapping[str, Any], document: str = "") -> None:
+        state = self._state_col()
+        self._guard(
+            lambda: state.upsert(
+                ids=[rid], embeddings=[_STATE_VECTOR], metadatas=[dict(meta) or {"empty": True}], documents=[document]
+            ),
+            "write anchor state",
+        )
+
+    def save_state(self, key: str, value: str) -> None:
+        """Keep a text (e.g. an estimator's fitted parameters as JSON) with the store, for every process."""
+        self._put_state(_STATE_KEY + key, {"saved_at": time.time()}, value)
+
+    def load_state(self, key: str) -> str | None:
+        """The text last saved under ``key`` (None if none)."""
+        state = self._state_col()
+        got = self._guard(lambda: state.get(ids=[_STATE_KEY + key], include=["documents"]), "read anchor state")
+        docs = got["documents"] or []
+        return docs[0] if got["ids"] and docs else None
 
     def cached_model_stats(self) -> dict[str, ModelStats] | None:
         """The last computed statistics, without touching the backend (for degraded routing)."""
@@ -503,6 +667,28 @@ class AnchorStore:
 
 def _fields(out: Outcome) -> tuple[float, int | None]:
     return (out.correct, out.output_tokens)
+
+
+def _records(pages: Iterable[Any]) -> tuple[list[AnchorRecord], Matrix, list[float | None]]:
+    """Chroma ``get`` pages (metadatas, documents, embeddings) as export rows."""
+    records: list[AnchorRecord] = []
+    vectors: list[Any] = []
+    in_tokens: list[float | None] = []
+    for page in pages:
+        embs = page["embeddings"] if page["embeddings"] is not None else []
+        rows = zip(page["ids"] or [], page["metadatas"] or [], page["documents"] or [], embs, strict=True)
+        for rid, meta, doc, vec in rows:
+            meta = meta or {}
+            records.append(AnchorRecord(anchor_id=rid, question=doc or "", similarity=1.0, outcomes=_outcomes(meta)))
+            vectors.append(np.asarray(vec, dtype=np.float32))
+            in_tok = meta.get("in_tok")
+            in_tokens.append(float(in_tok) if isinstance(in_tok, int | float) else None)
+    matrix = np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
+    return records, matrix, in_tokens
+
+
+def _log_tokens(value: Any) -> float:
+    return math.log1p(max(0.0, float(value)))
 
 
 def _check_model_name(model: str, where: str) -> None:

@@ -184,7 +184,7 @@ def test_new_outcomes_on_stored_anchors_update_metadata_only(outcomes: list[Outc
     assert emb.texts == []  # nothing embedded again
     names = [name for name, _ in spy.calls]
     assert names == ["get", "update"]
-    assert spy.calls[0][1]["include"] == []  # no vector read
+    assert spy.calls[0][1]["include"] == ["metadatas"]  # no vector read (old metadata: running totals)
     assert set(spy.calls[1][1]) == {"ids", "metadatas"}  # no vector, no document written
     after_vectors = stored_vectors(s)
     assert after_vectors.keys() == before_vectors.keys()
