@@ -43,8 +43,12 @@ lint: venv
 	$(VENV)/bin/ruff check scope_shared scope_langchain scope_llamaindex tests examples benchmarks
 	$(VENV)/bin/mypy
 
-bench: venv
+bench: $(VENV)/.bench-installed
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks
+
+$(VENV)/.bench-installed: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $@
 
 clean:
 	rm -rf out .scope .pytest_cache

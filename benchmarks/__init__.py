@@ -1,0 +1,1 @@
+"""Performance benchmarks; ``python -m benchmarks`` (``make bench``) runs the scale benchmark."""

@@ -1,0 +1,55 @@
+"""Open a persistent anchor store in a fresh process, route a few queries, report times and peak RSS.
+
+Run by :mod:`benchmarks.scale` as ``python -m benchmarks.open_probe SPEC.json``; prints one JSON line.
+The spec names the store path and collection, the embedder, the estimator, the candidate models and the
+queries. Nothing is imported before the clock starts except the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+
+def main(spec_path: str) -> dict[str, float | int | str]:
+    spec = json.loads(open(spec_path, encoding="utf-8").read())  # noqa: SIM115
+    t0 = time.perf_counter()
+    from benchmarks.scale import make_embedder, make_engine
+    from scope_shared import AnchorStore, ModelCard
+
+    t_import = time.perf_counter()
+    store = AnchorStore(path=spec["path"], collection=spec["collection"], embedder=make_embedder(spec["embedder"]))
+    cards = [ModelCard(**c) for c in spec["models"]]
+    engine = make_engine(store, cards, spec["estimator"], k=spec["k"], value=spec["value"])
+    anchors = store.count()
+    t_open = time.perf_counter()
+    store.embed(["load the embedding model"])
+    t_embedder = time.perf_counter()
+    queries = spec["queries"]
+    engine.route(queries[0])
+    t_first = time.perf_counter()
+    times = []
+    for q in queries[1:]:
+        s = time.perf_counter()
+        engine.route(q)
+        times.append(time.perf_counter() - s)
+    times.sort()
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "anchors": anchors,
+        "estimator": engine.estimator.name,
+        "import_s": t_import - t0,
+        "open_s": t_open - t_import,
+        "embedder_load_s": t_embedder - t_open,
+        "first_route_s": t_first - t_embedder,
+        "open_to_first_decision_s": t_first - t_import,
+        "routes": len(queries),
+        "route_p50_ms": 1e3 * times[len(times) // 2] if times else float("nan"),
+        "peak_rss_mb": rss_kib / 1024,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1])))

@@ -1,0 +1,705 @@
+"""Scale benchmark: decision latency, batch and ingest throughput, open time and memory at 1k-100k anchors.
+
+For each embedder and each store size, in one run:
+
+- **decision**: ``ScopeEngine.route(query)`` on held-out routerbench-zs prompts, each paying its own
+  embedding, against the **floor** on the same prompts (``AnchorStore.embed([q])`` plus one raw Chroma
+  query for as many neighbours as the engine retrieves, fetching only metadatas and distances) and the
+  **peer** (semantic-router's route call over the same encoder and anchors; see :mod:`benchmarks.peer`).
+  The three run interleaved query by query, in rotating order, each with its own embedder instance, so
+  load drifts hit all alike and no one's cache serves another. Ratios to the floor are machine-independent.
+- **batch**: ``ScopeEngine.route_batch`` of 256 prompts against the batched floor (one embedding call and
+  one Chroma query of 256).
+- **ingest**: ``AnchorStore.add`` of unseen prompts' outcomes (10 models each) into the store, with real
+  embedding; plus the same for the base anchors into a fresh store.
+- **open**: a fresh process opens the persistent store, routes ~50 prompts, and reports open time, time to
+  the first decision and peak RSS (:mod:`benchmarks.open_probe`).
+- **quality**: routed accuracy (value per correct unset: the likeliest-correct model) on the held-out
+  prompts over the real base anchors, for comparing embedders (and the peer).
+
+Stores beyond the real anchors are built from copies: each base anchor (embedded once with the real
+embedder) is repeated with a suffix ``[copy i.j]`` whose vector is the base vector plus small deterministic
+noise, renormalised (cosine ~0.96 to the base), and whose outcomes are the base anchor's with a few flipped.
+
+    python -m benchmarks                                  # minilm at 1k, 10k, 100k; out/bench.json
+    python -m benchmarks --sizes 1000 --quick             # smoke run
+    python -m benchmarks --embedders minilm,hashing --estimator learned
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import math
+import os
+import platform
+import pstats
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.peer import build_peer, labels_for
+from scope_shared import (
+    AnchorStore,
+    ConfigError,
+    Embedder,
+    HashingEmbedder,
+    MiniLMEmbedder,
+    ModelCard,
+    Outcome,
+    ScopeEngine,
+    as_embedder,
+    load_outcomes,
+    load_prices,
+)
+from scope_shared.embeddings import Matrix
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "routerbench-zs"
+COLLECTION = "scope-bench"
+N_MODELS = 10
+COPY = re.compile(r"\[copy (\d+)\.(\d+)\]$")
+#: Fetched by the floor's Chroma query: what a router needs to read the neighbours' outcomes.
+FLOOR_INCLUDE: Any = ["metadatas", "distances"]
+
+
+# -- embedders ------------------------------------------------------------------------------------
+
+
+def make_embedder(name: str) -> Embedder:
+    """An embedder by name: whatever :func:`as_embedder` accepts, else ``minilm`` or ``hashing``."""
+    try:
+        return as_embedder(name)
+    except ConfigError:
+        pass
+    if name == "minilm":
+        return MiniLMEmbedder()
+    if name == "hashing":
+        return HashingEmbedder()
+    msg = f"unknown embedder {name!r}; known here: minilm, hashing (or any name as_embedder accepts)"
+    raise ConfigError(msg)
+
+
+def make_engine(
+    store: AnchorStore, cards: Sequence[ModelCard], estimator: str | None, *, k: int, value: float | None
+) -> ScopeEngine:
+    """The engine as a user builds it: the default estimator unless one is named."""
+    if estimator:
+        from scope_shared.estimators.registry import build_estimator
+
+        return ScopeEngine(
+            store=store, models=cards, estimator=build_estimator(estimator, k=k), k=k, value_per_correct=value
+        )
+    return ScopeEngine(store=store, models=cards, k=k, value_per_correct=value)
+
+
+class RecordingEmbedder:
+    """Remembers every vector it computes and serves repeats (for the base store only, never timed twice)."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.cache: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def embed(self, texts: Sequence[str]) -> Matrix:
+        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if missing:
+            self.cache.update(zip(missing, self.inner.embed(missing), strict=True))
+        return np.stack([self.cache[t] for t in texts]).astype(np.float32)
+
+
+class PerturbedEmbedder:
+    """Copies ``... [copy i.j]`` get base vector ``i`` plus deterministic noise; other texts the real embedder."""
+
+    def __init__(self, inner: Embedder, base: Matrix, *, noise: float = 0.3, seed: int = 0) -> None:
+        self.inner = inner
+        self.base = base
+        self.sigma = noise / math.sqrt(base.shape[1])
+        self.seed = seed
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def vector(self, i: int, j: int) -> Any:
+        if j == 0:
+            return self.base[i]
+        v = self.base[i] + np.random.default_rng((self.seed, i, j)).normal(0.0, self.sigma, self.base.shape[1])
+        return v / np.linalg.norm(v)
+
+    def embed(self, texts: Sequence[str]) -> Matrix:
+        out = np.empty((len(texts), self.base.shape[1]), dtype=np.float32)
+        real = []
+        for row, text in enumerate(texts):
+            m = COPY.search(text)
+            if m:
+                out[row] = self.vector(int(m[1]), int(m[2]))
+            else:
+                real.append(row)
+        if real:
+            out[real] = self.inner.embed([texts[r] for r in real])
+        return out
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    cards: list[ModelCard]
+    base: list[list[Outcome]]  # per base anchor question, its outcomes of the candidate models
+    test: dict[str, dict[str, Outcome]]  # held-out query -> model -> outcome
+    test_order: list[str]
+
+
+def load_data(folder: Path, *, seed: int) -> Data:
+    prices = {c.name: c for c in load_prices(folder / "prices.csv")}
+    anchors = [o for o in load_outcomes(folder / "anchors.csv.gz") if o.model in prices]
+    counts: dict[str, int] = {}
+    for o in anchors:
+        counts[o.model] = counts.get(o.model, 0) + 1
+    models = sorted(counts, key=lambda m: (-counts[m], m))[:N_MODELS]
+    by_q: dict[str, list[Outcome]] = {}
+    for o in anchors:
+        if o.model in models:
+            by_q.setdefault(o.query, []).append(o)
+    base = list(by_q.values())
+    random.Random(seed).shuffle(base)
+    test: dict[str, dict[str, Outcome]] = {}
+    for o in load_outcomes(folder / "test.csv.gz"):
+        if o.model in models:
+            test.setdefault(o.query, {})[o.model] = o
+    order = sorted(test)
+    random.Random(seed).shuffle(order)
+    return Data([prices[m] for m in models], base, test, order)
+
+
+def copies(data: Data, n_base: int, n: int, *, flip: float, seed: int, chunk: int) -> Iterator[list[Outcome]]:
+    """The outcomes of anchors ``0..n-1``: anchor ``a`` is copy ``a // n_base`` of base anchor ``a % n_base``."""
+    out: list[Outcome] = []
+    for a in range(n):
+        i, j = a % n_base, a // n_base
+        rows = data.base[i]
+        flips = np.random.default_rng((seed, i, j, 1)).random(len(rows)) < flip if j else np.zeros(len(rows), bool)
+        text = f"{rows[0].query}\n[copy {i}.{j}]"
+        for o, f in zip(rows, flips, strict=True):
+            out.append(
+                o.model_copy(
+                    update={
+                        "query": text,
+                        "correct": 1.0 - o.correct if f else o.correct,
+                        "query_id": f"{o.query_id}#{j}" if o.query_id else None,
+                    }
+                )
+            )
+        if (a + 1) % chunk == 0:
+            yield out
+            out = []
+    if out:
+        yield out
+
+
+# -- timing ---------------------------------------------------------------------------------------
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def ms_summary(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(1e3 * pct(values, 50), 3),
+        "p90_ms": round(1e3 * pct(values, 90), 3),
+        "p99_ms": round(1e3 * pct(values, 99), 3),
+        "mean_ms": round(1e3 * float(np.mean(values)), 3),
+        "n": len(values),
+    }
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t0, result
+
+
+def retrieve_k(engine: ScopeEngine) -> int:
+    fn = getattr(engine, "_retrieve_k", None)
+    return int(fn()) if callable(fn) else engine.k * 3
+
+
+#: (category, path fragment, function name): summed cumulative time per decision in the profile.
+PROFILE_PARTS = (
+    ("embed", "scope_shared/store.py", "embed"),
+    ("chroma_query", "chromadb/api/models/Collection.py", "query"),
+    ("store_query", "scope_shared/store.py", "query"),
+    ("store_stats_and_count", "scope_shared/store.py", "model_stats"),
+    ("store_stats_and_count", "scope_shared/store.py", "require_anchors"),
+    ("estimator", "scope_shared/estimators/", "estimate"),
+    ("policy_and_decision", "scope_shared/engine.py", "_decide_all"),
+    ("total", "scope_shared/engine.py", "route_batch"),
+)
+
+
+def profile_routes(engine: ScopeEngine, queries: Sequence[str]) -> dict[str, Any]:
+    """cProfile ``route`` over ``queries``; milliseconds per decision by part, and the top functions."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for q in queries:
+        engine.route(q)
+    prof.disable()
+    stats: dict[Any, Any] = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    parts: dict[str, float] = {}
+    for part, path, func in PROFILE_PARTS:
+        cts = [v[3] for (file, _, name), v in stats.items() if path in file.replace("\\", "/") and name == func]
+        if cts:
+            parts[part] = parts.get(part, 0.0) + max(cts)
+    n = max(1, len(queries))
+    out = {k: round(1e3 * v / n, 3) for k, v in parts.items()}
+    if "store_query" in out and "chroma_query" in out:
+        out["store_query_minus_chroma"] = round(out["store_query"] - out["chroma_query"], 3)
+    if "total" in out:
+        named = sum(
+            out.get(k, 0.0)
+            for k in ("embed", "store_query", "store_stats_and_count", "estimator", "policy_and_decision")
+        )
+        out["other"] = round(out["total"] - named, 3)
+    top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:12]
+    return {
+        "ms_per_decision": out,
+        "top_tottime": [f"{1e3 * v[2] / n:.3f} ms {Path(f).name}:{line} {name}" for (f, line, name), v in top],
+        "decisions": len(queries),
+    }
+
+
+# -- one store size -------------------------------------------------------------------------------
+
+
+@dataclass
+class Instances:
+    """One embedder instance each for the engine, the floor and the peer (no shared caches)."""
+
+    name: str
+    engine: Embedder
+    floor: Embedder
+    peer: Embedder
+
+
+def run_size(
+    args: argparse.Namespace,
+    data: Data,
+    inst: Instances,
+    base_vectors: Matrix,
+    n_base: int,
+    size: int,
+    workdir: Path,
+    queries: dict[str, list[str]],
+    labels: list[str],
+    profile: bool,
+) -> dict[str, Any]:
+    import chromadb
+    from chromadb.config import Settings
+
+    path = workdir / f"store-{size}"
+    client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+    store = AnchorStore(client=client, collection=COLLECTION, embedder=PerturbedEmbedder(inst.engine, base_vectors))
+    res: dict[str, Any] = {"anchors": size, "models": len(data.cards), "copies_per_base": math.ceil(size / n_base)}
+
+    chunk = 1000
+    t0 = time.perf_counter()
+    written = 0
+    for outs in copies(data, n_base, size, flip=args.flip, seed=args.seed, chunk=chunk):
+        store.add(outs, batch_size=len(outs), progress=False)
+        written += len(outs)
+    build_s = time.perf_counter() - t0
+    res["build"] = {
+        "outcomes": written,
+        "seconds": round(build_s, 2),
+        "outcomes_per_s": round(written / build_s),
+        "vectors": "synthetic copies (base vector + noise), not embedded",
+    }
+    _log(f"  built {size} anchors in {build_s:.1f}s")
+
+    res["open"] = probe(args, path, inst.name, data.cards, queries["probe"])
+    _log(f"  fresh process: {res['open']}")
+
+    engine = make_engine(store, data.cards, args.estimator, k=args.k, value=args.value)
+    res["estimator"] = engine.estimator.name
+    rk = retrieve_k(engine)
+    col = client.get_collection(COLLECTION)
+    floor_store = AnchorStore(client=client, collection=COLLECTION, embedder=inst.floor)
+    peer_store = AnchorStore(client=client, collection=COLLECTION, embedder=PerturbedEmbedder(inst.peer, base_vectors))
+    texts = [f"{data.base[a % n_base][0].query}\n[copy {a % n_base}.{a // n_base}]" for a in range(size)]
+    peer = build_peer(peer_store.embed, texts, [labels[a % n_base] for a in range(size)], top_k=rk)
+    del texts
+
+    def floor(q: str) -> None:
+        col.query(query_embeddings=floor_store.embed([q]), n_results=rk, include=FLOOR_INCLUDE)
+
+    for e in (store, floor_store, peer_store):
+        e.embed(["load the embedding model"])
+    res["first_decision_s"] = round(timed(lambda: engine.route(queries["warm"][0]))[0], 3)
+    fit = getattr(engine.estimator, "report", None)
+    if fit is not None and hasattr(fit, "seconds"):
+        res["estimator_fit_s"] = round(float(fit.seconds), 3)
+    runners: list[tuple[str, Callable[[str], Any]]] = [("decision", engine.route), ("floor", floor)]
+    if peer is not None:
+        runners.append(("peer", peer.route))
+    for q in queries["warm"]:
+        for _, fn in runners:
+            fn(q)
+    times: dict[str, list[float]] = {name: [] for name, _ in runners}
+    for i, q in enumerate(queries["latency"]):
+        for name, fn in runners[i % len(runners) :] + runners[: i % len(runners)]:
+            t0 = time.perf_counter()
+            fn(q)
+            times[name].append(time.perf_counter() - t0)
+    for name in times:
+        res[name] = ms_summary(times[name])
+    res["ratio"] = {
+        "p50": round(res["decision"]["p50_ms"] / res["floor"]["p50_ms"], 3),
+        "p99": round(res["decision"]["p99_ms"] / res["floor"]["p99_ms"], 3),
+    }
+    if peer is not None:
+        res["peer"].update(name=peer.name, build_s=round(peer.build_s, 2))
+        res["ratio"]["peer_p50"] = round(res["peer"]["p50_ms"] / res["floor"]["p50_ms"], 3)
+    _log(f"  decision {res['decision']['p50_ms']} ms, floor {res['floor']['p50_ms']} ms, ratio {res['ratio']}")
+
+    if profile:
+        res["profile"] = profile_routes(engine, queries["latency"][: args.profile_queries])
+        _log(f"  profile: {res['profile']['ms_per_decision']}")
+
+    batch = queries["batch"]
+    floor_s = timed(lambda: col.query(query_embeddings=floor_store.embed(batch), n_results=rk, include=FLOOR_INCLUDE))[
+        0
+    ]
+    route_s = timed(lambda: engine.route_batch(batch))[0]
+    res["batch"] = {
+        "size": len(batch),
+        "decisions_per_s": round(len(batch) / route_s, 1),
+        "floor_per_s": round(len(batch) / floor_s, 1),
+        "ratio": round(floor_s / route_s, 3),
+    }
+    _log(f"  batch {res['batch']}")
+
+    new = [o for q in queries["ingest"] for o in data.test[q].values()]
+    ingest_s = timed(lambda: store.add(new, progress=False))[0]
+    res["ingest"] = {
+        "outcomes": len(new),
+        "anchors": len(queries["ingest"]),
+        "seconds": round(ingest_s, 3),
+        "outcomes_per_s": round(len(new) / ingest_s, 1),
+        "embedding": "real, unseen prompts",
+    }
+    _log(f"  ingest {res['ingest']}")
+    return res
+
+
+def probe(
+    args: argparse.Namespace, path: Path, embedder: str, cards: Sequence[ModelCard], queries: list[str]
+) -> dict[str, Any]:
+    spec = {
+        "path": str(path),
+        "collection": COLLECTION,
+        "embedder": embedder,
+        "estimator": args.estimator,
+        "k": args.k,
+        "value": args.value,
+        "models": [c.model_dump() for c in cards],
+        "queries": queries,
+    }
+    spec_path = path.parent / f"probe-{path.name}.json"
+    spec_path.write_text(json.dumps(spec), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.open_probe", str(spec_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    got: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in got.items()}
+
+
+# -- one embedder ---------------------------------------------------------------------------------
+
+
+def run_embedder(
+    args: argparse.Namespace, data: Data, name: str, queries: dict[str, list[str]], workdir: Path
+) -> dict[str, Any]:
+    _log(f"embedder {name}")
+    inst = Instances(name, make_embedder(name), make_embedder(name), make_embedder(name))
+    for e in (inst.engine, inst.floor, inst.peer):
+        e.embed(["load the embedding model"])
+    out: dict[str, Any] = {"embedder": inst.engine.name}
+
+    import chromadb
+    from chromadb.config import Settings
+
+    n_base = min(len(data.base), max(args.sizes))
+    recorder = RecordingEmbedder(inst.engine)
+    client = chromadb.PersistentClient(path=str(workdir / "base"), settings=Settings(anonymized_telemetry=False))
+    base_store = AnchorStore(client=client, collection=COLLECTION, embedder=recorder)
+    outcomes = [o for rows in data.base[:n_base] for o in rows]
+    ingest_s = timed(lambda: base_store.add(outcomes, progress=False))[0]
+    out["ingest_base"] = {
+        "outcomes": len(outcomes),
+        "anchors": n_base,
+        "seconds": round(ingest_s, 2),
+        "outcomes_per_s": round(len(outcomes) / ingest_s, 1),
+        "embedding": "real, into a fresh store, default batch size",
+    }
+    _log(f"  base ingest {out['ingest_base']}")
+    base_texts = [rows[0].query for rows in data.base[:n_base]]
+    base_vectors = base_store.embed(base_texts)
+
+    overall = {
+        c.name: float(np.mean([o.correct for rows in data.base[:n_base] for o in rows if o.model == c.name]))
+        for c in data.cards
+    }
+    labels = labels_for([{o.model: o.correct for o in rows} for rows in data.base[:n_base]], overall)
+    out["quality"] = quality(args, data, base_store, queries["quality"], labels, base_texts)
+    _log(f"  quality {out['quality']}")
+
+    out["sizes"] = {}
+    for size in args.sizes:
+        _log(f" size {size}")
+        out["sizes"][str(size)] = run_size(
+            args,
+            data,
+            inst,
+            base_vectors,
+            n_base,
+            size,
+            workdir / str(size),
+            queries,
+            labels,
+            profile=args.profile and size == max(args.sizes),
+        )
+        partial = args.out.with_suffix(".partial.json")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def quality(
+    args: argparse.Namespace, data: Data, store: AnchorStore, queries: list[str], labels: list[str], texts: list[str]
+) -> dict[str, Any]:
+    """Routed accuracy on held-out prompts over the real base anchors: engine, peer, best single model."""
+    engine = make_engine(store, data.cards, args.estimator, k=args.k, value=None)
+    picks = [d.model for d in engine.route_batch(queries, reserve=False)]
+    acc = float(np.mean([data.test[q][m].correct for q, m in zip(queries, picks, strict=True)]))
+    single = {
+        c.name: float(np.mean([data.test[q][c.name].correct for q in queries if c.name in data.test[q]]))
+        for c in data.cards
+    }
+    best = max(single, key=single.__getitem__)
+    out: dict[str, Any] = {
+        "queries": len(queries),
+        "anchors": store.count(),
+        "routed_accuracy": round(acc, 4),
+        "best_single": best,
+        "best_single_accuracy": round(single[best], 4),
+    }
+    peer = build_peer(store.embed, texts, labels, top_k=retrieve_k(engine))
+    if peer is not None:
+        got = [peer.route(q) for q in queries]
+        out["peer_routed_accuracy"] = round(
+            float(
+                np.mean(
+                    [data.test[q][m].correct if m in data.test[q] else 0.0 for q, m in zip(queries, got, strict=True)]
+                )
+            ),
+            4,
+        )
+    return out
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def targets(report: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets at the largest size, per embedder (pass/fail and the measured value)."""
+    out: dict[str, Any] = {}
+    largest = str(max(report["settings"]["sizes"]))
+    minilm = next((e for e in report["embedders"] if e.startswith("all-MiniLM")), None)
+    for emb, er in report["embedders"].items():
+        r = er["sizes"][largest]
+        o = r.get("open", {})
+        first = o.get("open_s", math.inf) + o.get("first_route_s", math.inf)
+        t = {
+            "size": int(largest),
+            "decision_p50_le_1.3x_floor": [r["ratio"]["p50"], r["ratio"]["p50"] <= 1.3],
+            "decision_p99_le_3x_floor": [r["ratio"]["p99"], r["ratio"]["p99"] <= 3.0],
+            "batch_ge_0.8x_floor": [r["batch"]["ratio"], r["batch"]["ratio"] >= 0.8],
+            "ingest_ge_1000_per_s": [r["ingest"]["outcomes_per_s"], r["ingest"]["outcomes_per_s"] >= 1000],
+            "open_and_first_decision_lt_2s": [round(first, 3), first < 2.0],
+            "rss_lt_1gb": [o.get("peak_rss_mb"), o.get("peak_rss_mb", math.inf) < 1024],
+        }
+        if minilm and emb != minilm:
+            ref = report["embedders"][minilm]
+            floor = ref["sizes"][largest]["floor"]["p50_ms"]
+            share = r["decision"]["p50_ms"] / floor
+            gap = ref["quality"]["routed_accuracy"] - er["quality"]["routed_accuracy"]
+            t["stretch_p50_le_0.2x_minilm_floor"] = [round(share, 3), share <= 0.2]
+            t["stretch_quality_within_0.01_of_minilm"] = [round(gap, 4), gap <= 0.01]
+        out[emb] = t
+    return out
+
+
+def tables(report: dict[str, Any]) -> str:
+    lat = [
+        "| embedder | anchors | decision p50 / p99 ms | floor p50 / p99 ms | ratio p50 / p99 | peer p50 / p99 ms "
+        "| batch decisions/s | floor batch /s | batch ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    res = [
+        "| embedder | anchors | build outcomes/s (synthetic) | ingest outcomes/s (real embedding) | open s "
+        "| embedder load s | first route s | route p50 ms (fresh) | peak RSS MB | first decision s (in-process) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for emb, er in report["embedders"].items():
+        for size, r in er["sizes"].items():
+            d, f, p, b = r["decision"], r["floor"], r.get("peer"), r["batch"]
+            peer = f"{p['p50_ms']:.1f} / {p['p99_ms']:.1f}" if p else "n/a"
+            lat.append(
+                f"| {emb} | {int(size):,} | {d['p50_ms']:.1f} / {d['p99_ms']:.1f} | {f['p50_ms']:.1f} / "
+                f"{f['p99_ms']:.1f} | {r['ratio']['p50']:.2f} / {r['ratio']['p99']:.2f} | {peer} | "
+                f"{b['decisions_per_s']:.0f} | {b['floor_per_s']:.0f} | {b['ratio']:.2f} |"
+            )
+            o = r["open"]
+            if "error" in o:
+                opened = f"error: {o['error']} | | | | "
+            else:
+                opened = (
+                    f"{o['open_s']:.2f} | {o['embedder_load_s']:.2f} | {o['first_route_s']:.2f} | "
+                    f"{o['route_p50_ms']:.1f} | {o['peak_rss_mb']:.0f}"
+                )
+            res.append(
+                f"| {emb} | {int(size):,} | {r['build']['outcomes_per_s']:,} | {r['ingest']['outcomes_per_s']:,.0f} | "
+                f"{opened} | {r['first_decision_s']:.2f} |"
+            )
+    lines = [*lat, "", *res, ""]
+    for emb, er in report["embedders"].items():
+        q, ib = er["quality"], er["ingest_base"]
+        peer_q = f", peer {q['peer_routed_accuracy']:.4f}" if "peer_routed_accuracy" in q else ""
+        lines.append(
+            f"- {emb}: routed accuracy {q['routed_accuracy']:.4f} on {q['queries']} held-out prompts over "
+            f"{q['anchors']} real anchors (best single {q['best_single']} {q['best_single_accuracy']:.4f}{peer_q}); "
+            f"base ingest {ib['outcomes_per_s']:,.0f} outcomes/s ({ib['outcomes']} outcomes, real embedding)"
+        )
+    for emb, t in report["targets"].items():
+        marks = ", ".join(f"{k} {v[0]} {'PASS' if v[1] else 'FAIL'}" for k, v in t.items() if k != "size")
+        lines.append(f"- targets at {t['size']:,} anchors, {emb}: {marks}")
+    return "\n".join(lines) + "\n"
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--data", type=Path, default=DATA, help="dataset folder (anchors.csv.gz, test.csv.gz, prices.csv)")
+    p.add_argument("--sizes", help="store sizes in anchors (default 1000,10000,100000; --quick: 1000)")
+    p.add_argument("--embedders", default="minilm", help="comma-separated: minilm, hashing, or names as_embedder takes")
+    p.add_argument("--estimator", default=None, help="estimator name (default: the engine's default)")
+    p.add_argument("--queries", type=int, help="held-out prompts timed per size (default 300; --quick: 40)")
+    p.add_argument("--batch", type=int, help="prompts in the batch (default 256; --quick: 32)")
+    p.add_argument("--ingest", type=int, help="unseen prompts ingested per size (default 128; --quick: 16)")
+    p.add_argument("--quality-queries", type=int, help="held-out prompts for routed accuracy (default all)")
+    p.add_argument("--probe-queries", type=int, default=50, help="prompts routed by the fresh process")
+    p.add_argument("--profile-queries", type=int, default=50, help="decisions profiled at the largest size")
+    p.add_argument("--no-profile", dest="profile", action="store_false")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--value", type=float, default=None, help="USD per correct answer (default: accuracy only)")
+    p.add_argument("--flip", type=float, default=0.03, help="share of outcomes flipped in copies")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="a fast smoke run")
+    p.add_argument("--out", type=Path, default=ROOT / "out" / "bench.json")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.sizes = [int(s) for s in (args.sizes or ("1000" if quick else "1000,10000,100000")).split(",") if s]
+    args.queries = args.queries or (40 if quick else 300)
+    args.batch = args.batch or (32 if quick else 256)
+    args.ingest = args.ingest or (16 if quick else 128)
+    args.quality_queries = args.quality_queries or (100 if quick else None)
+    args.embedders = [e for e in args.embedders.split(",") if e]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    data = load_data(args.data, seed=args.seed)
+    order = data.test_order
+    need = args.warmup + args.queries + args.ingest
+    if len(order) < need:
+        msg = f"{args.data} has {len(order)} held-out prompts; need {need} (warm-up + --queries + --ingest)"
+        raise SystemExit(msg)
+    lat = order[args.warmup : args.warmup + args.queries]
+    queries = {
+        "warm": order[: args.warmup],
+        "latency": lat,
+        "batch": (lat * math.ceil(args.batch / len(lat)))[: args.batch],
+        "ingest": order[-args.ingest :],
+        "probe": lat[: args.probe_queries],
+        "quality": order[: args.quality_queries] if args.quality_queries else order,
+    }
+    report: dict[str, Any] = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_avg_at_start": os.getloadavg(),
+        },
+        "candidates": [c.name for c in data.cards],
+        "floor": "AnchorStore.embed([q]) + one Chroma query "
+        f"(n_results as the engine retrieves, include={FLOOR_INCLUDE})",
+        "notes": [
+            "stores beyond the real anchors hold copies: suffix '[copy i.j]', vector = base vector + noise "
+            "(renormalised), outcomes = base anchor's with --flip of them flipped; "
+            "queries are always embedded for real",
+            "decision, floor and peer run interleaved per prompt with separate embedder instances",
+            "timings depend on the machine and its load; the ratios to the floor are the comparable figures",
+        ],
+        "embedders": {},
+    }
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="scope-bench-") as tmp:
+        for i, name in enumerate(args.embedders):
+            er = run_embedder(args, data, name, queries, Path(tmp) / f"e{i}")
+            report["embedders"][er.pop("embedder")] = er
+    report["estimator"] = next(iter(next(iter(report["embedders"].values()))["sizes"].values()))["estimator"]
+    report["targets"] = targets(report)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    peer = next(
+        (r["peer"]["name"] for er in report["embedders"].values() for r in er["sizes"].values() if "peer" in r),
+        "none installed",
+    )
+    print(
+        f"scope-router scale benchmark: estimator {report['estimator']}, {len(data.cards)} candidates, "
+        f"peer {peer}, {report['seconds']:.0f}s; JSON in {args.out}\n"
+    )
+    print(tables(report))
+    return 0
