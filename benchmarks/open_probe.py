@@ -25,8 +25,10 @@ def main(spec_path: str) -> dict[str, float | int | str]:
     engine = make_engine(store, cards, spec["estimator"], k=spec["k"], value=spec["value"])
     anchors = store.count()
     t_open = time.perf_counter()
+    rss_open = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     store.embed(["load the embedding model"])
     t_embedder = time.perf_counter()
+    rss_embedder = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     queries = spec["queries"]
     engine.route(queries[0])
     t_first = time.perf_counter()
@@ -48,6 +50,8 @@ def main(spec_path: str) -> dict[str, float | int | str]:
         "routes": len(queries),
         "route_p50_ms": 1e3 * times[len(times) // 2] if times else float("nan"),
         "peak_rss_mb": rss_kib / 1024,
+        "peak_rss_after_open_mb": rss_open / 1024,
+        "peak_rss_after_embedder_load_mb": rss_embedder / 1024,
     }
 
 

@@ -11,7 +11,7 @@ For each embedder and each store size, in one run:
 - **batch**: ``ScopeEngine.route_batch`` of 256 prompts against the batched floor (one embedding call and
   one Chroma query of 256).
 - **ingest**: ``AnchorStore.add`` of unseen prompts' outcomes (10 models each) into the store, with real
-  embedding; plus the same for the base anchors into a fresh store.
+  embedding; plus the same for the first 256 base anchors into a fresh store.
 - **open**: a fresh process opens the persistent store, routes ~50 prompts, and reports open time, time to
   the first decision and peak RSS (:mod:`benchmarks.open_probe`).
 - **quality**: routed accuracy (value per correct unset: the likeliest-correct model) on the held-out
@@ -20,6 +20,8 @@ For each embedder and each store size, in one run:
 Stores beyond the real anchors are built from copies: each base anchor (embedded once with the real
 embedder) is repeated with a suffix ``[copy i.j]`` whose vector is the base vector plus small deterministic
 noise, renormalised (cosine ~0.96 to the base), and whose outcomes are the base anchor's with a few flipped.
+The base vectors are kept in ``out/bench-cache/`` between runs (``--no-cache`` embeds them again); every
+timed figure embeds for real.
 
     python -m benchmarks                                  # minilm at 1k, 10k, 100k; out/bench.json
     python -m benchmarks --sizes 1000 --quick             # smoke run
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import json
 import math
 import os
@@ -103,24 +106,6 @@ def make_engine(
     return ScopeEngine(store=store, models=cards, k=k, value_per_correct=value)
 
 
-class RecordingEmbedder:
-    """Remembers every vector it computes and serves repeats (for the base store only, never timed twice)."""
-
-    def __init__(self, inner: Embedder) -> None:
-        self.inner = inner
-        self.cache: dict[str, Any] = {}
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    def embed(self, texts: Sequence[str]) -> Matrix:
-        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
-        if missing:
-            self.cache.update(zip(missing, self.inner.embed(missing), strict=True))
-        return np.stack([self.cache[t] for t in texts]).astype(np.float32)
-
-
 class PerturbedEmbedder:
     """Copies ``... [copy i.j]`` get base vector ``i`` plus deterministic noise; other texts the real embedder."""
 
@@ -187,6 +172,30 @@ def load_data(folder: Path, *, seed: int) -> Data:
     return Data([prices[m] for m in models], base, test, order)
 
 
+def copy_text(data: Data, i: int, j: int) -> str:
+    """The text of copy ``j`` of base anchor ``i``."""
+    return f"{data.base[i][0].query}\n[copy {i}.{j}]"
+
+
+def base_vectors_cached(cache_dir: Path | None, store: AnchorStore, texts: list[str]) -> tuple[Matrix, str]:
+    """``store.embed(texts)``, kept in ``cache_dir`` between runs (keyed by embedder, texts and tail length)."""
+    if cache_dir is None:
+        return store.embed(texts), "embedded (no cache)"
+    probe = store.embed(["".join(f"{i} probe " for i in range(600))])  # changes with the embedder and its tail
+    digest = hashlib.sha256(store.embedder.name.encode() + probe.tobytes())
+    for t in texts:
+        digest.update(t.encode("utf-8", "surrogatepass") + b"\x00")
+    path = cache_dir / f"base-vectors-{digest.hexdigest()[:20]}.npy"
+    if path.exists():
+        vectors: Matrix = np.load(path)
+        if vectors.shape[0] == len(texts):
+            return vectors, f"read from {path}"
+    vectors = store.embed(texts)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(path, vectors)
+    return vectors, f"embedded, saved to {path}"
+
+
 def copies(data: Data, n_base: int, n: int, *, flip: float, seed: int, chunk: int) -> Iterator[list[Outcome]]:
     """The outcomes of anchors ``0..n-1``: anchor ``a`` is copy ``a // n_base`` of base anchor ``a % n_base``."""
     out: list[Outcome] = []
@@ -194,7 +203,7 @@ def copies(data: Data, n_base: int, n: int, *, flip: float, seed: int, chunk: in
         i, j = a % n_base, a // n_base
         rows = data.base[i]
         flips = np.random.default_rng((seed, i, j, 1)).random(len(rows)) < flip if j else np.zeros(len(rows), bool)
-        text = f"{rows[0].query}\n[copy {i}.{j}]"
+        text = copy_text(data, i, j)
         for o, f in zip(rows, flips, strict=True):
             out.append(
                 o.model_copy(
@@ -245,8 +254,8 @@ PROFILE_PARTS = (
     ("embed", "scope_shared/store.py", "embed"),
     ("chroma_query", "chromadb/api/models/Collection.py", "query"),
     ("store_query", "scope_shared/store.py", "query"),
-    ("store_stats_and_count", "scope_shared/store.py", "model_stats"),
-    ("store_stats_and_count", "scope_shared/store.py", "require_anchors"),
+    ("store_model_stats", "scope_shared/store.py", "model_stats"),
+    ("store_count", "scope_shared/store.py", "require_anchors"),
     ("estimator", "scope_shared/estimators/", "estimate"),
     ("policy_and_decision", "scope_shared/engine.py", "_decide_all"),
     ("total", "scope_shared/engine.py", "route_batch"),
@@ -273,7 +282,7 @@ def profile_routes(engine: ScopeEngine, queries: Sequence[str]) -> dict[str, Any
     if "total" in out:
         named = sum(
             out.get(k, 0.0)
-            for k in ("embed", "store_query", "store_stats_and_count", "estimator", "policy_and_decision")
+            for k in ("embed", "store_query", "store_model_stats", "store_count", "estimator", "policy_and_decision")
         )
         out["other"] = round(out["total"] - named, 3)
     top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:12]
@@ -341,7 +350,7 @@ def run_size(
     col = client.get_collection(COLLECTION)
     floor_store = AnchorStore(client=client, collection=COLLECTION, embedder=inst.floor)
     peer_store = AnchorStore(client=client, collection=COLLECTION, embedder=PerturbedEmbedder(inst.peer, base_vectors))
-    texts = [f"{data.base[a % n_base][0].query}\n[copy {a % n_base}.{a // n_base}]" for a in range(size)]
+    texts = [copy_text(data, a % n_base, a // n_base) for a in range(size)]
     peer = build_peer(peer_store.embed, texts, [labels[a % n_base] for a in range(size)], top_k=rk)
     del texts
 
@@ -454,28 +463,38 @@ def run_embedder(
     from chromadb.config import Settings
 
     n_base = min(len(data.base), max(args.sizes))
-    recorder = RecordingEmbedder(inst.engine)
-    client = chromadb.PersistentClient(path=str(workdir / "base"), settings=Settings(anonymized_telemetry=False))
-    base_store = AnchorStore(client=client, collection=COLLECTION, embedder=recorder)
-    outcomes = [o for rows in data.base[:n_base] for o in rows]
-    ingest_s = timed(lambda: base_store.add(outcomes, progress=False))[0]
+    n_ingest = min(n_base, args.ingest_base)
+    client = chromadb.PersistentClient(path=str(workdir / "ingest"), settings=Settings(anonymized_telemetry=False))
+    ingest_store = AnchorStore(client=client, collection=COLLECTION, embedder=inst.engine)
+    outcomes = [o for rows in data.base[:n_ingest] for o in rows]
+    ingest_s = timed(lambda: ingest_store.add(outcomes, progress=False))[0]
     out["ingest_base"] = {
         "outcomes": len(outcomes),
-        "anchors": n_base,
+        "anchors": n_ingest,
         "seconds": round(ingest_s, 2),
         "outcomes_per_s": round(len(outcomes) / ingest_s, 1),
         "embedding": "real, into a fresh store, default batch size",
     }
     _log(f"  base ingest {out['ingest_base']}")
     base_texts = [rows[0].query for rows in data.base[:n_base]]
-    base_vectors = base_store.embed(base_texts)
+    base_vectors, out["base_vectors"] = base_vectors_cached(args.cache_dir, ingest_store, base_texts)
+    _log(f"  base vectors: {out['base_vectors']}")
+
+    # The real anchors, for routing quality: copy 0 of each base anchor carries its real vector.
+    client = chromadb.PersistentClient(path=str(workdir / "base"), settings=Settings(anonymized_telemetry=False))
+    base_store = AnchorStore(
+        client=client, collection=COLLECTION, embedder=PerturbedEmbedder(inst.engine, base_vectors)
+    )
+    for outs in copies(data, n_base, n_base, flip=0.0, seed=args.seed, chunk=1000):
+        base_store.add(outs, batch_size=len(outs), progress=False)
 
     overall = {
         c.name: float(np.mean([o.correct for rows in data.base[:n_base] for o in rows if o.model == c.name]))
         for c in data.cards
     }
     labels = labels_for([{o.model: o.correct for o in rows} for rows in data.base[:n_base]], overall)
-    out["quality"] = quality(args, data, base_store, queries["quality"], labels, base_texts)
+    marked = [copy_text(data, i, 0) for i in range(n_base)]
+    out["quality"] = quality(args, data, base_store, queries["quality"], labels, marked)
     _log(f"  quality {out['quality']}")
 
     out["sizes"] = {}
@@ -625,6 +644,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, help="prompts in the batch (default 256; --quick: 32)")
     p.add_argument("--ingest", type=int, help="unseen prompts ingested per size (default 128; --quick: 16)")
     p.add_argument("--quality-queries", type=int, help="held-out prompts for routed accuracy (default all)")
+    p.add_argument("--ingest-base", type=int, default=256, help="base anchors ingested into a fresh store")
+    p.add_argument(
+        "--cache-dir", type=Path, default=ROOT / "out" / "bench-cache", help="keeps base anchor vectors between runs"
+    )
+    p.add_argument("--no-cache", dest="cache_dir", action="store_const", const=None)
     p.add_argument("--probe-queries", type=int, default=50, help="prompts routed by the fresh process")
     p.add_argument("--profile-queries", type=int, default=50, help="decisions profiled at the largest size")
     p.add_argument("--no-profile", dest="profile", action="store_false")

@@ -51,7 +51,7 @@ def test_bench_reports_every_figure_for_each_size(tmp_path: Path) -> None:
     argv = [
         "--data", str(_dataset(tmp_path / "toy")), "--embedders", "hashing", "--sizes", "150,300",
         "--queries", "12", "--batch", "8", "--ingest", "4", "--warmup", "2", "--probe-queries", "4",
-        "--profile-queries", "4", "--out", str(out),
+        "--profile-queries", "4", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
     ]  # fmt: skip
     assert main(argv) == 0
     report = json.loads(out.read_text())
