@@ -72,8 +72,10 @@ DATA = ROOT.parent / "shared" / "data" / "routerbench-zs"
 COLLECTION = "scope-bench"
 N_MODELS = 10
 COPY = re.compile(r"\[copy (\d+)\.(\d+)\]$")
-#: Fetched by the floor's Chroma query: what a router needs to read the neighbours' outcomes.
-FLOOR_INCLUDE: Any = ["metadatas", "distances"]
+#: The floor's Chroma query: the nearest ids and their distances, nothing else.
+FLOOR_INCLUDE: Any = ["distances"]
+#: Read by id after the search for the floor with records: the neighbours' outcomes.
+RECORDS_INCLUDE: Any = ["metadatas"]
 
 
 # -- embedders ------------------------------------------------------------------------------------
@@ -354,8 +356,17 @@ def run_size(
     peer = build_peer(peer_store.embed, texts, [labels[a % n_base] for a in range(size)], top_k=rk)
     del texts
 
+    times: dict[str, list[float]] = {"decision": [], "floor": [], "floor_records": [], "peer": []}
+
     def floor(q: str) -> None:
-        col.query(query_embeddings=floor_store.embed([q]), n_results=rk, include=FLOOR_INCLUDE)
+        """Embed + search (the floor), then + one read of the neighbours' metadata (the floor with records)."""
+        t0 = time.perf_counter()
+        got = col.query(query_embeddings=floor_store.embed([q]), n_results=rk, include=FLOOR_INCLUDE)
+        t1 = time.perf_counter()
+        col.get(ids=got["ids"][0], include=RECORDS_INCLUDE)
+        t2 = time.perf_counter()
+        times["floor"].append(t1 - t0)
+        times["floor_records"].append(t2 - t0)
 
     for e in (store, floor_store, peer_store):
         e.embed(["load the embedding model"])
@@ -369,17 +380,21 @@ def run_size(
     for q in queries["warm"]:
         for _, fn in runners:
             fn(q)
-    times: dict[str, list[float]] = {name: [] for name, _ in runners}
+    for values in times.values():
+        values.clear()
     for i, q in enumerate(queries["latency"]):
         for name, fn in runners[i % len(runners) :] + runners[: i % len(runners)]:
             t0 = time.perf_counter()
             fn(q)
-            times[name].append(time.perf_counter() - t0)
-    for name in times:
-        res[name] = ms_summary(times[name])
+            if name != "floor":  # the floor times itself
+                times[name].append(time.perf_counter() - t0)
+    for name, values in times.items():
+        if values:
+            res[name] = ms_summary(values)
     res["ratio"] = {
         "p50": round(res["decision"]["p50_ms"] / res["floor"]["p50_ms"], 3),
         "p99": round(res["decision"]["p99_ms"] / res["floor"]["p99_ms"], 3),
+        "p50_to_floor_records": round(res["decision"]["p50_ms"] / res["floor_records"]["p50_ms"], 3),
     }
     if peer is not None:
         res["peer"].update(name=peer.name, build_s=round(peer.build_s, 2))
@@ -391,14 +406,17 @@ def run_size(
         _log(f"  profile: {res['profile']['ms_per_decision']}")
 
     batch = queries["batch"]
-    floor_s = timed(lambda: col.query(query_embeddings=floor_store.embed(batch), n_results=rk, include=FLOOR_INCLUDE))[
-        0
-    ]
+    t0 = time.perf_counter()
+    got = col.query(query_embeddings=floor_store.embed(batch), n_results=rk, include=FLOOR_INCLUDE)
+    t1 = time.perf_counter()
+    col.get(ids=sorted({rid for ids in got["ids"] for rid in ids}), include=RECORDS_INCLUDE)
+    floor_s, records_s = t1 - t0, time.perf_counter() - t0
     route_s = timed(lambda: engine.route_batch(batch))[0]
     res["batch"] = {
         "size": len(batch),
         "decisions_per_s": round(len(batch) / route_s, 1),
         "floor_per_s": round(len(batch) / floor_s, 1),
+        "floor_records_per_s": round(len(batch) / records_s, 1),
         "ratio": round(floor_s / route_s, 3),
     }
     _log(f"  batch {res['batch']}")
@@ -585,9 +603,10 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
 
 def tables(report: dict[str, Any]) -> str:
     lat = [
-        "| embedder | anchors | decision p50 / p99 ms | floor p50 / p99 ms | ratio p50 / p99 | peer p50 / p99 ms "
+        "| embedder | anchors | decision p50 / p99 ms | floor p50 / p99 ms | ratio p50 / p99 | floor+records p50 ms "
+        "| peer p50 / p99 ms "
         "| batch decisions/s | floor batch /s | batch ratio |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     res = [
         "| embedder | anchors | build outcomes/s (synthetic) | ingest outcomes/s (real embedding) | open s "
@@ -600,7 +619,8 @@ def tables(report: dict[str, Any]) -> str:
             peer = f"{p['p50_ms']:.1f} / {p['p99_ms']:.1f}" if p else "n/a"
             lat.append(
                 f"| {emb} | {int(size):,} | {d['p50_ms']:.1f} / {d['p99_ms']:.1f} | {f['p50_ms']:.1f} / "
-                f"{f['p99_ms']:.1f} | {r['ratio']['p50']:.2f} / {r['ratio']['p99']:.2f} | {peer} | "
+                f"{f['p99_ms']:.1f} | {r['ratio']['p50']:.2f} / {r['ratio']['p99']:.2f} | "
+                f"{r['floor_records']['p50_ms']:.1f} | {peer} | "
                 f"{b['decisions_per_s']:.0f} | {b['floor_per_s']:.0f} | {b['ratio']:.2f} |"
             )
             o = r["open"]
@@ -697,7 +717,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "candidates": [c.name for c in data.cards],
         "floor": "AnchorStore.embed([q]) + one Chroma query "
-        f"(n_results as the engine retrieves, include={FLOOR_INCLUDE})",
+        f"(n_results as the engine retrieves, include={FLOOR_INCLUDE}); floor_records adds one get of those "
+        f"ids (include={RECORDS_INCLUDE})",
         "notes": [
             "stores beyond the real anchors hold copies: suffix '[copy i.j]', vector = base vector + noise "
             "(renormalised), outcomes = base anchor's with --flip of them flipped; "

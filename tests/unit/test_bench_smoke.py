@@ -69,10 +69,11 @@ def test_bench_reports_every_figure_for_each_size(tmp_path: Path) -> None:
         assert r["build"]["outcomes"] == int(size) * 10
         assert r["open"]["anchors"] == int(size), r["open"]  # the fresh process sees the persisted store
         assert _positive(r["open"]["peak_rss_mb"]) and _positive(r["open"]["open_s"])
-        for part in ("decision", "floor", "peer"):
+        for part in ("decision", "floor", "floor_records", "peer"):
             assert r[part]["n"] == 12
             assert _positive(r[part]["p50_ms"]) and r[part]["p99_ms"] >= r[part]["p50_ms"]
         assert _positive(r["ratio"]["p50"]) and _positive(r["ratio"]["p99"])
+        assert r["floor_records"]["p50_ms"] >= r["floor"]["p50_ms"]  # the same calls plus one read
         assert r["batch"]["size"] == 8
         assert _positive(r["batch"]["decisions_per_s"]) and _positive(r["batch"]["floor_per_s"])
         assert r["ingest"]["outcomes"] == 4 * 10 and _positive(r["ingest"]["outcomes_per_s"])
