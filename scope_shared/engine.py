@@ -180,8 +180,10 @@ class ScopeEngine:
             raise ConfigError(msg)
         reason = ""
         try:
-            version = self.store.version_for(self.store.require_anchors())
             stats: Mapping[str, ModelStats] = self.store.model_stats()
+            if not stats:
+                self.store.require_anchors()  # says the store is empty
+            version = self.store.version  # from the cached statistics: no round trip
             self._last_stats = stats
             vectors = self.store.embed([t[:MAX_QUERY_CHARS] for t in texts])
             anchors = self.store.query(vectors, k=self._retrieve_k())

@@ -30,6 +30,9 @@ estimator refits in a background thread when the number of anchors changes by mo
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import math
 import re
@@ -250,6 +253,45 @@ def _ece(p: FloatArray, y: FloatArray, bins: int = 10) -> float:
     return total / max(len(p), 1)
 
 
+_STATE_VERSION = 1
+_ARRAYS = ("coef", "coef_no_text", "length_coef", "ridge_w", "ridge_mu")
+
+
+def _params_to_json(params: _Params) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        name: (None if getattr(params, name) is None else getattr(params, name).tolist()) for name in _ARRAYS
+    }
+    out |= {
+        "ridge_b": params.ridge_b,
+        "max_log_tokens": params.max_log_tokens,
+        "anchors": params.anchors,
+        "report": dataclasses.asdict(params.report),
+        "version": _STATE_VERSION,
+    }
+    return out
+
+
+def _params_from_json(data: dict[str, Any]) -> _Params:
+    if data.get("version") != _STATE_VERSION:
+        msg = f"saved fit version {data.get('version')!r}, expected {_STATE_VERSION}"
+        raise ValueError(msg)
+    arrays = {name: None if data[name] is None else np.asarray(data[name], dtype=np.float64) for name in _ARRAYS}
+    if arrays["coef"] is None or arrays["coef_no_text"] is None:
+        msg = "saved fit has no coefficients"
+        raise ValueError(msg)
+    return _Params(
+        coef=arrays["coef"],
+        coef_no_text=arrays["coef_no_text"],
+        length_coef=arrays["length_coef"],
+        ridge_w=arrays["ridge_w"],
+        ridge_mu=arrays["ridge_mu"],
+        ridge_b=float(data["ridge_b"]),
+        max_log_tokens=float(data["max_log_tokens"]),
+        anchors=int(data["anchors"]),
+        report=FitReport(**data["report"]),
+    )
+
+
 class LearnedEstimator(Estimator):
     """Shared logistic (correctness) and Huber (length) models over neighbour features; see the module doc.
 
@@ -272,6 +314,10 @@ class LearnedEstimator(Estimator):
         exact_weight: how far the estimate moves toward a model's recorded outcome on the query itself
             when the query is an anchor (0 ignores it, 1 repeats it).
         seed: seed of the fit subset and the ridge folds.
+        max_store_anchors: a store with more anchors is fitted on a seeded random sample of this many (their
+            neighbours searched within the sample), so a fit reads a bounded amount whatever the store's size.
+        persist: save each fit with the store (:meth:`AnchorStore.save_state`) and, before fitting, load the
+            one saved there: a fitted store opens ready in every process, and only growth refits.
     """
 
     name = "learned"
@@ -291,6 +337,8 @@ class LearnedEstimator(Estimator):
         tail_chars: int = 1000,
         exact_weight: float = 0.5,
         seed: int = 0,
+        max_store_anchors: int = 10_000,
+        persist: bool = True,
     ) -> None:
         if k < 1:
             msg = f"k must be >= 1, got {k}"
@@ -304,10 +352,10 @@ class LearnedEstimator(Estimator):
         if not 0.0 <= exact_weight <= 1.0:
             msg = f"exact_weight must be in [0, 1], got {exact_weight}"
             raise ConfigError(msg)
-        if max_fit_anchors < 2 or min_fit_pairs < 1 or refit_growth < 0:
+        if max_fit_anchors < 2 or min_fit_pairs < 1 or refit_growth < 0 or max_store_anchors < max_fit_anchors:
             msg = (
-                f"max_fit_anchors must be >= 2, min_fit_pairs >= 1 and refit_growth >= 0, got "
-                f"{max_fit_anchors}, {min_fit_pairs}, {refit_growth}"
+                f"max_fit_anchors must be >= 2, min_fit_pairs >= 1, refit_growth >= 0 and max_store_anchors >= "
+                f"max_fit_anchors, got {max_fit_anchors}, {min_fit_pairs}, {refit_growth}, {max_store_anchors}"
             )
             raise ConfigError(msg)
         self.k = k
@@ -322,6 +370,8 @@ class LearnedEstimator(Estimator):
         self.tail_chars = tail_chars
         self.exact_weight = exact_weight
         self.seed = seed
+        self.max_store_anchors = max_store_anchors
+        self.persist = persist
         self._store: AnchorStore | None = None
         self._params: _Params | None = None
         self._lock = threading.Lock()
@@ -357,12 +407,69 @@ class LearnedEstimator(Estimator):
         if store is None:
             msg = "LearnedEstimator has no store to fit on: call fit(store), or use it through ScopeEngine"
             raise ConfigError(msg)
-        records, embeddings, in_tokens = store.export()
+        total = store.count()
+        if total > self.max_store_anchors:
+            records, embeddings, in_tokens = store.sample(self.max_store_anchors, seed=self.seed)
+        else:
+            records, embeddings, in_tokens = store.export()
+        store.model_stats()  # refreshes tokens_per_char
         tpc = store.tokens_per_char
         tokens = [
             t if t is not None else max(1.0, len(r.question) * tpc) for r, t in zip(records, in_tokens, strict=True)
         ]
-        return self.fit_anchors(records, np.asarray(embeddings, dtype=np.float64), tokens)
+        report = self.fit_anchors(records, np.asarray(embeddings, dtype=np.float64), tokens)
+        if len(records) < total:
+            params = self._params
+            assert params is not None
+            note = f"fitted on a random {len(records)} of {total} anchors"
+            report = dataclasses.replace(report, anchors=total, note="; ".join(x for x in (report.note, note) if x))
+            self._set_params(dataclasses.replace(params, anchors=total, report=report))
+        if self.persist:
+            self._save(store)
+        return report
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    @property
+    def state_key(self) -> str:
+        """The key of this configuration's fit in the store's saved state."""
+        config = [
+            self.k,
+            self.power,
+            self.prior_strength,
+            self.ridge_alpha,
+            self.max_fit_anchors,
+            self.min_fit_pairs,
+            self.tail_chars,
+            self.seed,
+            self.max_store_anchors,
+            _STATE_VERSION,
+        ]
+        return "learned-" + hashlib.sha256(json.dumps(config).encode()).hexdigest()[:16]
+
+    def _save(self, store: AnchorStore) -> None:
+        params = self._params
+        if params is None:
+            return
+        try:
+            store.save_state(self.state_key, json.dumps(_params_to_json(params)))
+        except StoreUnavailableError as exc:
+            logger.warning("could not save the learned estimator's fit with the store: %s", exc)
+
+    def load(self, store: AnchorStore | None = None) -> FitReport | None:
+        """Use the fit saved with ``store`` (default: the bound one) if there is one; returns its report."""
+        store = store or self._store
+        if store is None:
+            return None
+        text = store.load_state(self.state_key)
+        if text is None:
+            return None
+        try:
+            params = _params_from_json(json.loads(text))
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring an unreadable saved fit of the learned estimator (%s); refitting", exc)
+            return None
+        return self._set_params(params)
 
     def fit_anchors(
         self, anchors: Sequence[AnchorRecord], embeddings: npt.ArrayLike, input_tokens: Sequence[float]
@@ -496,8 +603,9 @@ class LearnedEstimator(Estimator):
             loo_ece=_ece(p_loo_pred, y),
             loo_length_log_mae=length_mae,
             seconds=time.perf_counter() - t0,
-            note="" if length_coef is not None else "too few token counts to fit the length model; lengths are "
-            "anchor statistics",
+            note=""
+            if length_coef is not None
+            else "too few token counts to fit the length model; lengths are anchor statistics",
         )
         params = _Params(
             coef=coef,
@@ -556,6 +664,7 @@ class LearnedEstimator(Estimator):
     # -- lazy fit and refit --------------------------------------------------------------------
 
     def _ensure_fitted(self, ctxs: Sequence[QueryContext]) -> _Params:
+        version = ctxs[0].anchor_version if ctxs else None
         params = self._params
         if params is None:
             with self._lock:
@@ -567,15 +676,17 @@ class LearnedEstimator(Estimator):
                         )
                         raise ConfigError(msg)
                     try:
-                        self.fit(self._store)
+                        loaded = self.persist and self.load(self._store) is not None
+                        if not loaded:
+                            self.fit(self._store)
                     except StoreUnavailableError as exc:
                         msg = f"cannot fit the learned estimator: {exc}"
                         raise EstimatorUnavailableError(msg) from exc
-                    self._seen_version = ctxs[0].anchor_version if ctxs else None
+                    # A saved fit may predate later writes: let the growth check below look at it once.
+                    self._seen_version = None if loaded else version
             params = self._params
             assert params is not None
-            return params
-        self._maybe_refit(ctxs[0].anchor_version if ctxs else None, params)
+        self._maybe_refit(version, params)
         return params
 
     def _maybe_refit(self, version: str | None, params: _Params) -> None:
@@ -610,9 +721,7 @@ class LearnedEstimator(Estimator):
 
     # -- prediction ----------------------------------------------------------------------------
 
-    def _predict(
-        self, queries: Sequence[QueryContext], models: Sequence[str]
-    ) -> list[dict[str, Prediction]]:
+    def _predict(self, queries: Sequence[QueryContext], models: Sequence[str]) -> list[dict[str, Prediction]]:
         params = self._ensure_fitted(queries)
         out: list[dict[str, Prediction]] = []
         for ctx in queries:

@@ -47,7 +47,9 @@ class World:
         tokens = math.expm1(LENGTH.get(model, 4.5) + self.length[cluster] + 0.1 * self.rng.normal())
         return AnchorOutcome(correct=correct, output_tokens=round(tokens))
 
-    def anchors(self, n: int, models: tuple[str, ...] = tuple(ABILITY)) -> tuple[list[AnchorRecord], np.ndarray, np.ndarray]:
+    def anchors(
+        self, n: int, models: tuple[str, ...] = tuple(ABILITY)
+    ) -> tuple[list[AnchorRecord], np.ndarray, np.ndarray]:
         x, cl = self.questions(n)
         recs = [
             AnchorRecord(
@@ -77,11 +79,15 @@ def stats_of(recs: list[AnchorRecord]) -> dict[str, ModelStats]:
     }
 
 
-def context(x: np.ndarray, recs: list[AnchorRecord], emb: np.ndarray, *, r: int = 30, embedding: bool = True) -> QueryContext:
+def context(
+    x: np.ndarray, recs: list[AnchorRecord], emb: np.ndarray, *, r: int = 30, embedding: bool = True
+) -> QueryContext:
     sims = emb @ x
     top = np.argsort(-sims)[:r]
     anchors = tuple(
-        AnchorRecord(anchor_id=recs[i].anchor_id, question=recs[i].question, similarity=float(sims[i]), outcomes=recs[i].outcomes)
+        AnchorRecord(
+            anchor_id=recs[i].anchor_id, question=recs[i].question, similarity=float(sims[i]), outcomes=recs[i].outcomes
+        )
         for i in top
     )
     return QueryContext(
@@ -102,7 +108,9 @@ def fitted() -> tuple[World, LearnedEstimator, list[AnchorRecord], np.ndarray]:
     return world, est, recs, emb
 
 
-def test_loo_fit_recovers_difficulty_and_ability_ordering(fitted: tuple[World, LearnedEstimator, list[AnchorRecord], np.ndarray]) -> None:
+def test_loo_fit_recovers_difficulty_and_ability_ordering(
+    fitted: tuple[World, LearnedEstimator, list[AnchorRecord], np.ndarray],
+) -> None:
     world, est, recs, emb = fitted
     rep = est.report
     assert rep is not None and rep.anchors == 900 and rep.models == 3
@@ -141,12 +149,16 @@ def test_calibrated_on_fresh_questions_and_monotone_in_neighbour_record(
             )
             for i, a in enumerate(base.anchors)
         )
-        ctx = QueryContext(query=base.query, input_tokens=50.0, anchors=anchors, stats=base.stats, embedding=base.embedding)
+        ctx = QueryContext(
+            query=base.query, input_tokens=50.0, anchors=anchors, stats=base.stats, embedding=base.embedding
+        )
         ps.append(est._predict([ctx], ["mid"])[0]["mid"].p_correct)
     assert all(b > a for a, b in zip(ps, ps[1:], strict=False))
 
 
-def test_length_follows_model_and_cluster(fitted: tuple[World, LearnedEstimator, list[AnchorRecord], np.ndarray]) -> None:
+def test_length_follows_model_and_cluster(
+    fitted: tuple[World, LearnedEstimator, list[AnchorRecord], np.ndarray],
+) -> None:
     world, est, recs, emb = fitted
     x, cl = world.questions(CLUSTERS * 10)
     preds = est._predict([context(xi, recs, emb) for xi in x], list(ABILITY))
@@ -158,7 +170,9 @@ def test_length_follows_model_and_cluster(fitted: tuple[World, LearnedEstimator,
     assert float(np.mean(err)) < 0.2
 
 
-def test_new_model_with_few_anchors_needs_no_refit(fitted: tuple[World, LearnedEstimator, list[AnchorRecord], np.ndarray]) -> None:
+def test_new_model_with_few_anchors_needs_no_refit(
+    fitted: tuple[World, LearnedEstimator, list[AnchorRecord], np.ndarray],
+) -> None:
     world, est, recs, emb = fitted
     params = est._params
     # "new" answers only 12 anchors (2 per cluster); everything else is as before
@@ -197,7 +211,9 @@ def test_too_few_outcomes_means_anchor_statistics() -> None:
     assert "too few" in rep.note
     ctx = context(emb[0], recs[1:], emb[1:], r=11)
     mine = est.estimate([ctx], [ModelCard(name="mid", input_per_mtok=1, output_per_mtok=1)])[0]["mid"]
-    plain = AnchorStatsEstimator(k=5).estimate([ctx], [ModelCard(name="mid", input_per_mtok=1, output_per_mtok=1)])[0]["mid"]
+    plain = AnchorStatsEstimator(k=5).estimate([ctx], [ModelCard(name="mid", input_per_mtok=1, output_per_mtok=1)])[0][
+        "mid"
+    ]
     assert mine.p_correct == pytest.approx(min(max(plain.p_correct, 1e-3), 1 - 1e-3))
     assert "too few" in mine.reason
 
@@ -249,7 +265,11 @@ def holdout_data() -> tuple[list[Outcome], list[Outcome]]:
     for q in ["what is 500 plus 501 in arithmetic", "write a sonnet poem about the pale moon"]:
         poem = "poem" in q
         test.append(Outcome(query=q, model="big", correct=1.0, output_tokens=300 if poem else 10, input_tokens=9))
-        test.append(Outcome(query=q, model="small", correct=0.0 if poem else 1.0, output_tokens=200 if poem else 12, input_tokens=9))
+        test.append(
+            Outcome(
+                query=q, model="small", correct=0.0 if poem else 1.0, output_tokens=200 if poem else 12, input_tokens=9
+            )
+        )
     return anchors, test
 
 
@@ -257,8 +277,14 @@ def test_evaluate_holdout_keeps_n_anchors_of_held_out_models() -> None:
     anchors, test = holdout_data()
     store = AnchorStore(embedder=HashingEmbedder())
     rep = evaluate(
-        anchors, test, CARDS, store=store, estimator=LearnedEstimator(k=5, min_fit_pairs=10),
-        holdout_models=["small"], holdout_anchors=6, holdout_seed=3,
+        anchors,
+        test,
+        CARDS,
+        store=store,
+        estimator=LearnedEstimator(k=5, min_fit_pairs=10),
+        holdout_models=["small"],
+        holdout_anchors=6,
+        holdout_seed=3,
     )
     stats = store.model_stats(refresh=True)
     assert stats["small"].n == 6 and stats["big"].n == 30
@@ -283,10 +309,25 @@ def test_cli_evaluate_learned_with_holdout(tmp_path: Path, capsys: pytest.Captur
     t.write_text("\n".join(json.dumps(r.model_dump()) for r in test))
     prices = tmp_path / "prices.csv"
     prices.write_text("model,input_per_mtok,output_per_mtok\nbig,10,30\nsmall,0.2,0.2\n")
-    code = main([
-        "evaluate", "--anchors", str(a), "--test", str(t), "--prices", str(prices), "--embedder", "hashing",
-        "--estimator", "learned", "--holdout-models", "small", "--holdout-anchors", "4",
-    ])
+    code = main(
+        [
+            "evaluate",
+            "--anchors",
+            str(a),
+            "--test",
+            str(t),
+            "--prices",
+            str(prices),
+            "--embedder",
+            "hashing",
+            "--estimator",
+            "learned",
+            "--holdout-models",
+            "small",
+            "--holdout-anchors",
+            "4",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "estimator=learned" in out and "holdout: 1 models keep [4] anchors" in out
@@ -300,10 +341,14 @@ def test_query_that_is_an_anchor_moves_toward_its_recorded_outcome(
 
     def with_first(question: str) -> QueryContext:
         first = AnchorRecord(
-            anchor_id="self", question=question, similarity=1.0,
+            anchor_id="self",
+            question=question,
+            similarity=1.0,
             outcomes={"strong": AnchorOutcome(correct=0.0, output_tokens=5000)},
         )
-        return QueryContext(query=ctx.query, input_tokens=50.0, anchors=(first, *ctx.anchors), stats=ctx.stats, embedding=ctx.embedding)
+        return QueryContext(
+            query=ctx.query, input_tokens=50.0, anchors=(first, *ctx.anchors), stats=ctx.stats, embedding=ctx.embedding
+        )
 
     twin = est._predict([with_first("a different text, same embedding")], ["strong", "weak"])[0]
     same = est._predict([with_first(ctx.query)], ["strong", "weak"])[0]
@@ -323,3 +368,75 @@ def test_engine_with_learned_estimator_routes(store: AnchorStore, cards: list[Mo
     assert isinstance(engine.fallback, AnchorStatsEstimator)
     d = engine.route("what is 7 plus 8 in arithmetic", reserve=False)
     assert d.estimate.estimator == "learned"
+
+
+def world_store(path: Path | None, n: int, seed: int = 0) -> AnchorStore:
+    """A store holding ``n`` synthetic item-response anchors with their world embeddings."""
+    world = World(seed)
+    recs, emb, _ = world.anchors(n)
+    vectors = {r.question: emb[i] for i, r in enumerate(recs)}
+    store = AnchorStore(path=path, embedder=lambda texts: np.stack([vectors.get(t, emb[0]) for t in texts]))
+    store.add(
+        [
+            Outcome(query=r.question, model=m, correct=o.correct, output_tokens=o.output_tokens, input_tokens=50)
+            for r in recs
+            for m, o in r.outcomes.items()
+        ]
+    )
+    return store
+
+
+def test_fit_is_saved_with_the_store_and_loaded_by_the_next_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = world_store(tmp_path, 300)
+    first = LearnedEstimator(k=5)
+    engine = ScopeEngine(
+        store=store,
+        models=[ModelCard(name=m, input_per_mtok=1, output_per_mtok=1) for m in ABILITY],
+        estimator=first,
+        k=5,
+    )
+    q = "question 7 of cluster 1"
+    before = engine.estimate([q])[0][0]
+
+    def no_fit(*_: object, **__: object) -> None:
+        raise AssertionError("refitted although a fit is saved with the store")
+
+    monkeypatch.setattr(LearnedEstimator, "fit_anchors", no_fit)
+    reopened = AnchorStore(path=tmp_path, embedder=store.embedder)
+    second = LearnedEstimator(k=5)
+    engine2 = ScopeEngine(store=reopened, models=list(engine.models.values()), estimator=second, k=5)
+    after = engine2.estimate([q])[0][0]
+    assert second.report == first.report
+    for m in ABILITY:
+        assert after[m].p_correct == pytest.approx(before[m].p_correct, abs=1e-12)
+        assert after[m].output_tokens == pytest.approx(before[m].output_tokens, rel=1e-9)
+    # Another configuration has its own fit: it does not load this one.
+    assert LearnedEstimator(k=7).load(reopened) is None
+
+
+def test_unreadable_saved_fit_is_refitted(tmp_path: Path) -> None:
+    store = world_store(tmp_path, 200)
+    est = LearnedEstimator(k=5)
+    store.save_state(est.state_key, "{not json")
+    engine = ScopeEngine(
+        store=store,
+        models=[ModelCard(name=m, input_per_mtok=1, output_per_mtok=1) for m in ABILITY],
+        estimator=est,
+        k=5,
+    )
+    engine.estimate(["question 3 of cluster 3"])
+    assert est.report is not None and est.report.anchors == 200
+    assert json.loads(store.load_state(est.state_key) or "")["anchors"] == 200
+
+
+def test_large_store_is_fitted_on_a_bounded_sample() -> None:
+    store = world_store(None, 600)
+    est = LearnedEstimator(k=5, max_fit_anchors=200, max_store_anchors=300, persist=False)
+    report = est.fit(store)
+    assert report.anchors == 600 and report.fit_anchors == 200
+    assert "random 300 of 600 anchors" in report.note
+    assert report.loo_auroc_within_model is not None and report.loo_auroc_within_model > 0.6
+    with pytest.raises(ConfigError, match="max_store_anchors"):
+        LearnedEstimator(max_fit_anchors=500, max_store_anchors=100)

@@ -117,3 +117,27 @@ def test_saved_state_is_shared_and_survives_reopening(tmp_path: Path) -> None:
     a.save_state("fit", '{"w": [1, 2]}')
     a.save_state("fit", '{"w": [3]}')
     assert AnchorStore(path=tmp_path, embedder=HashingEmbedder()).load_state("fit") == '{"w": [3]}'
+
+
+def test_record_cache_serves_repeat_neighbourhoods_and_drops_what_this_store_writes(tmp_path: Path) -> None:
+    a = AnchorStore(path=tmp_path, embedder=HashingEmbedder())
+    a.add(sample_outcomes())
+    probe = a.embed([MATH[2]])
+    [[hit, *_]] = a.query(probe, k=3)
+    assert "third" not in hit.outcomes
+    a.add([Outcome(query=MATH[2], model="third", correct=1.0)])
+    [[hit, *_]] = a.query(probe, k=3)
+    assert hit.outcomes["third"].correct == 1.0  # own write: read again at once
+    # Another writer's outcome shows after stats_ttl (here 0: at once); with the default TTL it may lag.
+    b = AnchorStore(path=tmp_path, embedder=HashingEmbedder(), stats_ttl=0.0)
+    b.query(probe, k=3)
+    a.add([Outcome(query=MATH[2], model="fourth", correct=0.0)])
+    [[hit, *_]] = b.query(probe, k=3)
+    assert hit.outcomes["fourth"].correct == 0.0
+
+
+def test_record_cache_can_be_turned_off() -> None:
+    s = AnchorStore(embedder=HashingEmbedder(), record_cache=0)
+    s.add(sample_outcomes())
+    s.query(s.embed([MATH[0]]), k=3)
+    assert not s._cache
