@@ -262,9 +262,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--k", type=int, default=10, help="anchors per estimate")
 
     def estimator_args(sp: argparse.ArgumentParser) -> None:
-        from scope_shared.estimators.registry import ESTIMATORS
+        from scope_shared.estimators.registry import DEFAULT_ESTIMATOR, ESTIMATORS
 
-        sp.add_argument("--estimator", default="anchors", choices=list(ESTIMATORS))
+        sp.add_argument("--estimator", default=DEFAULT_ESTIMATOR, choices=list(ESTIMATORS))
         sp.add_argument("--vllm-url", help="OpenAI-compatible vLLM base URL serving the SCOPE model")
         sp.add_argument("--vllm-model", help="served model name (default: the server's only model)")
         sp.add_argument("--vllm-key-env", help="name of the env var holding the vLLM API key")

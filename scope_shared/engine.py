@@ -21,6 +21,7 @@ from scope_shared.errors import (
     UnknownModelError,
 )
 from scope_shared.estimators.anchors import AnchorStatsEstimator
+from scope_shared.estimators.learned import LearnedEstimator
 from scope_shared.estimators.base import Estimator, ModelStats, QueryContext
 from scope_shared.policy import Budget, BudgetLedger, OnNoFit, choose
 from scope_shared.store import AnchorStore
@@ -58,7 +59,8 @@ class ScopeEngine:
     Args:
         store: the anchor store.
         models: the candidate models and their prices.
-        estimator: an :class:`Estimator`; defaults to :class:`AnchorStatsEstimator`.
+        estimator: an :class:`Estimator`; defaults to :class:`LearnedEstimator` (the best measured; see the
+            README's estimator table), with :class:`AnchorStatsEstimator` as its fallback.
         fallback: used when ``estimator`` raises :class:`EstimatorUnavailableError` (decisions are then
             marked degraded); defaults to anchor statistics when the estimator is something else.
         k: anchors retrieved per query.
@@ -113,7 +115,7 @@ class ScopeEngine:
         _check_cost(max_cost_per_call)
         self.store = store
         self.models: dict[str, ModelCard] = {c.name: c for c in cards}
-        self.estimator = estimator or AnchorStatsEstimator(k=k)
+        self.estimator = estimator or LearnedEstimator(k=k)
         if fallback is None and not isinstance(self.estimator, AnchorStatsEstimator):
             fallback = AnchorStatsEstimator(k=k)
         self.fallback = fallback

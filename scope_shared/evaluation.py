@@ -264,7 +264,7 @@ def evaluate(
         anchors, test: outcome files (or outcomes); test queries are held out of the store.
         prices: a price table (or model cards); only priced models are estimated and routed.
         embedder: the store's embedder (default all-MiniLM-L6-v2).
-        estimator: default anchor statistics.
+        estimator: default the engine's (the learned estimator).
         store: an empty store to load into (default: a fresh in-memory one).
         pool: models to route over (default: priced models with an outcome on every test query).
         holdout_models: models treated as newly added: their anchor outcomes are cut down to

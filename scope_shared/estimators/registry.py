@@ -8,10 +8,13 @@ from scope_shared.errors import ConfigError
 from scope_shared.estimators.anchors import AnchorStatsEstimator
 from scope_shared.estimators.base import Estimator
 
-__all__ = ["ESTIMATORS", "build_estimator"]
+__all__ = ["DEFAULT_ESTIMATOR", "ESTIMATORS", "build_estimator"]
 
 #: Names accepted by :func:`build_estimator` and ``scope-router evaluate --estimator``.
 ESTIMATORS = ("anchors", "learned", "scope", "hybrid", "gated")
+
+#: What the engine and the CLI use when no estimator is named.
+DEFAULT_ESTIMATOR = "learned"
 
 
 def build_estimator(name: str, *, k: int = 10, **options: Any) -> Estimator:

@@ -362,8 +362,7 @@ def test_query_that_is_an_anchor_moves_toward_its_recorded_outcome(
 
 
 def test_engine_with_learned_estimator_routes(store: AnchorStore, cards: list[ModelCard]) -> None:
-    # Not the default yet: switching it waits for make demo / make test timings with it (issue 6 note).
-    engine = ScopeEngine(store=store, models=cards, estimator=LearnedEstimator())
+    engine = ScopeEngine(store=store, models=cards)  # the default
     assert isinstance(engine.estimator, LearnedEstimator)
     assert isinstance(engine.fallback, AnchorStatsEstimator)
     d = engine.route("what is 7 plus 8 in arithmetic", reserve=False)
