@@ -36,14 +36,20 @@ def _out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
 
+#: ``--embedder`` choices; minilm-static is MiniLM distilled to a token table on first use (see StaticEmbedder).
+EMBEDDERS = ("minilm", "minilm-static", "hashing")
+
+
 def _embedder(name: str) -> Any:
-    from scope_shared.embeddings import HashingEmbedder, MiniLMEmbedder
+    from scope_shared.embeddings import HashingEmbedder, MiniLMEmbedder, StaticEmbedder
 
     if name == "minilm":
         return MiniLMEmbedder()
+    if name == "minilm-static":
+        return StaticEmbedder()
     if name == "hashing":
         return HashingEmbedder()
-    msg = f"unknown embedder {name!r}; known: minilm, hashing"
+    msg = f"unknown embedder {name!r}; known: {', '.join(EMBEDDERS)}"
     raise ConfigError(msg)
 
 
@@ -258,7 +264,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--collection", default="scope-anchors")
 
     def model_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--embedder", default="minilm", choices=["minilm", "hashing"])
+        sp.add_argument("--embedder", default="minilm", choices=EMBEDDERS)
         sp.add_argument("--k", type=int, default=10, help="anchors per estimate")
 
     def estimator_args(sp: argparse.ArgumentParser) -> None:
