@@ -12,56 +12,33 @@ settles its reservation with the model's real token usage.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from collections import Counter
-from pathlib import Path
+
+from _data import MODELS, anchor_store, embedder, load, parser, report
 
 from scope_langchain import ReplayChatModel, ScopeRouter
-from scope_shared import (
-    AnchorStore,
-    Budget,
-    BudgetExceededError,
-    HashingEmbedder,
-    ScopeEngine,
-    load_outcomes,
-    load_prices,
-)
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "routerbench-zs"
-MODELS = ["gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat", "mistralai/mistral-7b-chat"]
+from scope_shared import Budget, BudgetExceededError, ScopeEngine
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DATA, help="a dataset folder (anchors, test, prices)")
-    parser.add_argument("--questions", type=int, default=40, help="held-out questions in the batch")
-    parser.add_argument("--budget", type=float, default=0.03, help="USD for the whole batch")
-    parser.add_argument("--concurrency", type=int, default=8, help="calls in flight at once")
-    parser.add_argument("--embedder", choices=["minilm", "hashing"], default="minilm")
-    parser.add_argument("--max-anchors", type=int, default=None, help="load only this many anchor questions")
-    args = parser.parse_args(argv)
+    cli = parser(__doc__)
+    cli.add_argument("--questions", type=int, default=40, help="held-out questions in the batch")
+    cli.add_argument("--budget", type=float, default=0.03, help="USD for the whole batch")
+    cli.add_argument("--concurrency", type=int, default=8, help="calls in flight at once")
+    args = cli.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
 
-    prices = {c.name: c for c in load_prices(args.data / "prices.csv")}
-    anchors = [o for o in load_outcomes(args.data / "anchors.csv.gz") if o.model in MODELS]
-    if args.max_anchors:
-        keep = set(list(dict.fromkeys(o.query for o in anchors))[: args.max_anchors])
-        anchors = [o for o in anchors if o.query in keep]
-    test = [o for o in load_outcomes(args.data / "test.csv.gz") if o.model in MODELS]
-    questions = list(dict.fromkeys(o.query for o in test))[: args.questions]
-
-    store = AnchorStore(embedder=HashingEmbedder() if args.embedder == "hashing" else None)
-    store.add(anchors, progress=False)
+    data = load(args, MODELS)
+    questions = data.questions(args.questions)
     engine = ScopeEngine(
-        store=store,
-        models=[prices[m] for m in MODELS],
+        store=anchor_store(data.anchors, embedder(args.embedder)),
+        models=data.models(MODELS),
         value_per_correct=None,  # accuracy first; the budget is what holds spending back
         budget=Budget(limit=args.budget),
         reserve_factor=1.25,  # hold 25% headroom: real answers run a little longer than expected
     )
-    router = ScopeRouter(engine=engine, models=ReplayChatModel.from_outcomes(test, models=MODELS))
+    router = ScopeRouter(engine=engine, models=ReplayChatModel.from_outcomes(data.test, models=MODELS))
 
     results = router.batch(questions, {"max_concurrency": args.concurrency}, return_exceptions=True)
 
@@ -89,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "held": held,
         "budget": args.budget,
     }
-    print("SUMMARY " + json.dumps(summary))
+    report(summary)
     return summary
 
 

@@ -12,52 +12,31 @@ chat models named after the same price-table entries (e.g. ``ChatOpenAI(model="g
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from collections import Counter
-from pathlib import Path
 
+from _data import MODELS, anchor_store, embedder, load, parser, report, shown
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
 from scope_langchain import ReplayChatModel, ScopeRouter
-from scope_shared import AnchorStore, HashingEmbedder, ScopeEngine, load_outcomes, load_prices
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "routerbench-zs"
-MODELS = ["gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat", "mistralai/mistral-7b-chat"]
-
-
-def shown(question: str) -> str:
-    """The question a few-shot prompt ends with (RouterBench prompts open with worked examples), shortened."""
-    line = question.strip().split("\n\n")[-1].split("\n")[0]
-    return line[:60]
+from scope_shared import ScopeEngine
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DATA, help="a dataset folder (anchors, test, prices)")
-    parser.add_argument("--questions", type=int, default=10, help="held-out questions to ask")
-    parser.add_argument("--value", type=float, default=0.01, help="USD a correct answer is worth")
-    parser.add_argument("--embedder", choices=["minilm", "hashing"], default="minilm")
-    parser.add_argument("--max-anchors", type=int, default=None, help="load only this many anchor questions")
-    args = parser.parse_args(argv)
+    cli = parser(__doc__)
+    cli.add_argument("--questions", type=int, default=10, help="held-out questions to ask")
+    cli.add_argument("--value", type=float, default=0.01, help="USD a correct answer is worth")
+    args = cli.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    prices = {c.name: c for c in load_prices(args.data / "prices.csv")}
-    anchors = [o for o in load_outcomes(args.data / "anchors.csv.gz") if o.model in MODELS]
-    if args.max_anchors:
-        keep = set(list(dict.fromkeys(o.query for o in anchors))[: args.max_anchors])
-        anchors = [o for o in anchors if o.query in keep]
-    test = [o for o in load_outcomes(args.data / "test.csv.gz") if o.model in MODELS]
-    questions = list(dict.fromkeys(o.query for o in test))[: args.questions]
-
-    store = AnchorStore(embedder=HashingEmbedder() if args.embedder == "hashing" else None)
-    store.add(anchors, progress=False)
-    engine = ScopeEngine(store=store, models=[prices[m] for m in MODELS], value_per_correct=args.value)
+    data = load(args, MODELS)
+    questions = data.questions(args.questions)
+    store = anchor_store(data.anchors, embedder(args.embedder))
+    engine = ScopeEngine(store=store, models=data.models(MODELS), value_per_correct=args.value)
 
     # The chat models: replays here; any LangChain chat model in production.
-    chat_models = ReplayChatModel.from_outcomes(test, models=MODELS)
+    chat_models = ReplayChatModel.from_outcomes(data.test, models=MODELS)
     router = ScopeRouter(engine=engine, models=chat_models)
     prompt = ChatPromptTemplate.from_messages(
         [("system", "Answer the question; end with the final answer."), ("human", "{question}")]
@@ -91,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "mean_cost": cost / len(questions),
         "anchors": store.count(),
     }
-    print("SUMMARY " + json.dumps(summary))
+    report(summary)
     return summary
 
 

@@ -12,56 +12,35 @@ and records each graded outcome back into the anchor store.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-from pathlib import Path
 
+from _data import MODELS, anchor_store, embedder, load, parser, report, shown
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.query_engine import RouterQueryEngine
 from llama_index.core.tools import QueryEngineTool, ToolMetadata
 
 from scope_llamaindex import ReplayLLM, ScopeEventHandler, ScopeSelection, ScopeSelector, replay_grader
-from scope_shared import AnchorStore, Budget, HashingEmbedder, ScopeEngine, load_outcomes, load_prices
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "routerbench-zs"
-MODELS = ["gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat", "mistralai/mistral-7b-chat"]
-
-
-def last_question(prompt: str) -> str:
-    """The question a few-shot prompt ends with, shortened for display."""
-    line = prompt.strip().split("\n\n")[-1].split("\n")[0]
-    return line[:60] + ("..." if len(line) > 60 else "")
+from scope_shared import Budget, ScopeEngine
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DATA, help="a dataset folder (anchors, test, prices)")
-    parser.add_argument("--queries", type=int, default=20, help="held-out questions to route")
-    parser.add_argument("--value", type=float, default=0.01, help="USD a correct answer is worth")
-    parser.add_argument("--budget", type=float, default=1.0, help="USD budget for the whole run")
-    parser.add_argument("--embedder", choices=["minilm", "hashing"], default="minilm")
-    parser.add_argument("--max-anchors", type=int, default=None, help="load only this many anchor questions")
-    args = parser.parse_args()
+    cli = parser(__doc__)
+    cli.add_argument("--queries", type=int, default=20, help="held-out questions to route")
+    cli.add_argument("--value", type=float, default=0.01, help="USD a correct answer is worth")
+    cli.add_argument("--budget", type=float, default=1.0, help="USD budget for the whole run")
+    args = cli.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     # LlamaIndex's defaults need the network: set both explicitly.
     Settings.embed_model = MockEmbedding(embed_dim=16)
 
-    prices = {c.name: c for c in load_prices(args.data / "prices.csv")}
-    anchors = [o for o in load_outcomes(args.data / "anchors.csv.gz") if o.model in MODELS]
-    if args.max_anchors:
-        keep = set(list(dict.fromkeys(o.query for o in anchors))[: args.max_anchors])
-        anchors = [o for o in anchors if o.query in keep]
-    test = [o for o in load_outcomes(args.data / "test.csv.gz") if o.model in MODELS]
-    questions = list(dict.fromkeys(o.query for o in test))[: args.queries]
-
-    store = AnchorStore(embedder=HashingEmbedder() if args.embedder == "hashing" else None)
-    store.add(anchors, progress=False)
+    data = load(args, MODELS)
+    test, questions = data.test, data.questions(args.queries)
+    store = anchor_store(data.anchors, embedder(args.embedder))
     engine = ScopeEngine(
         store=store,
-        models=[prices[m] for m in MODELS],
+        models=data.models(MODELS),
         value_per_correct=args.value,
         budget=Budget(limit=args.budget),
         reserve_factor=1.25,  # hold 25% headroom: real answers run a little longer than expected
@@ -89,7 +68,7 @@ def main() -> None:
             assert isinstance(sel, ScopeSelection)
             share[sel.model] += 1
             correct += next(o.correct for o in test if o.query == q and o.model == sel.model)
-            print(f"{sel.model:<28} ${sel.cost:.6f}  {last_question(q)!r}")
+            print(f"{sel.model:<28} ${sel.cost:.6f}  {shown(q, more='...')!r}")
             print(f"    {sel.reason}")
     assert engine.ledger is not None
     summary = {
@@ -102,7 +81,7 @@ def main() -> None:
         "recorded": handler.recorded,
         "anchors": store.count(),
     }
-    print("SUMMARY " + json.dumps(summary))
+    report(summary)
 
 
 if __name__ == "__main__":

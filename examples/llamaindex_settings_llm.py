@@ -11,49 +11,35 @@ ScopeEventHandler recording graded outcomes into a separate store (so the routin
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import logging
-from pathlib import Path
 
+from _data import anchor_store, embedder, load, parser, report
 from llama_index.core import Settings
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.embeddings import MockEmbedding
 
 from scope_llamaindex import ReplayLLM, ScopeEventHandler, ScopeLLM, replay_grader
-from scope_shared import AnchorStore, Budget, HashingEmbedder, ScopeEngine, load_outcomes, load_prices
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "routerbench-zs"
+from scope_shared import AnchorStore, Budget, ScopeEngine
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DATA, help="a dataset folder (anchors, test, prices)")
-    parser.add_argument("--queries", type=int, default=20, help="held-out questions to send")
-    parser.add_argument("--value", type=float, default=0.01, help="USD a correct answer is worth")
-    parser.add_argument("--budget", type=float, default=0.01, help="USD budget for the whole run")
-    parser.add_argument("--embedder", choices=["minilm", "hashing"], default="minilm")
-    parser.add_argument("--max-anchors", type=int, default=None, help="load only this many anchor questions")
-    args = parser.parse_args()
+    cli = parser(__doc__)
+    cli.add_argument("--queries", type=int, default=20, help="held-out questions to send")
+    cli.add_argument("--value", type=float, default=0.01, help="USD a correct answer is worth")
+    cli.add_argument("--budget", type=float, default=0.01, help="USD budget for the whole run")
+    args = cli.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    cards = load_prices(args.data / "prices.csv")
-    anchors = load_outcomes(args.data / "anchors.csv.gz")
-    if args.max_anchors:
-        keep = set(list(dict.fromkeys(o.query for o in anchors))[: args.max_anchors])
-        anchors = [o for o in anchors if o.query in keep]
-    test = load_outcomes(args.data / "test.csv.gz")
-    questions = list(dict.fromkeys(o.query for o in test))[: args.queries]
-
-    embedder = HashingEmbedder() if args.embedder == "hashing" else None
-    store = AnchorStore(embedder=embedder)
-    store.add(anchors, progress=False)
+    data = load(args)
+    cards, test, questions = data.cards, data.test, data.questions(args.queries)
+    emb = embedder(args.embedder)
+    store = anchor_store(data.anchors, emb)
     engine = ScopeEngine(
         store=store, models=cards, value_per_correct=args.value, budget=Budget(limit=args.budget), reserve_factor=1.25
     )
     # Graded outcomes go to a second store, so every question is routed on the same anchors.
-    feedback = ScopeEngine(store=AnchorStore(embedder=embedder), models=cards)
+    feedback = ScopeEngine(store=AnchorStore(embedder=emb), models=cards)
 
     # LlamaIndex's defaults need the network: set both explicitly.
     Settings.embed_model = MockEmbedding(embed_dim=16)
@@ -100,7 +86,7 @@ def main() -> None:
         "routing_anchors": store.count(),
         "feedback_anchors": feedback.store.count(),
     }
-    print("SUMMARY " + json.dumps(summary))
+    report(summary)
 
 
 if __name__ == "__main__":

@@ -2,48 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data" / "routerbench-zs"
+from tests.unit.example_scripts import run_example
 
 pytestmark = pytest.mark.slow
 
 
-def _run(script: str, *args: str) -> tuple[dict[str, Any], str]:
-    if not DATA.is_dir():
-        pytest.fail(f"shared data not found at {DATA}; the repo expects ../shared beside it")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / script), "--embedder", "hashing", "--max-anchors", "300", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("SUMMARY ")]
-    assert len(lines) == 1, proc.stdout[-3000:]
-    return json.loads(lines[0].removeprefix("SUMMARY ")), proc.stdout
-
-
 def test_lcel_chain_example() -> None:
-    summary, out = _run("langchain_lcel_chain.py", "--questions", "6")
+    summary, out = run_example("langchain_lcel_chain.py", "--questions", "6")
     assert summary["questions"] == 6 and sum(summary["picks"].values()) == 6
     assert 0.0 <= summary["accuracy"] <= 1.0 and summary["mean_cost"] > 0
     assert out.count(" -> ") == 6 and "accuracy-only answer: [gpt-4-1106-preview]" in out
 
 
 def test_budgeted_batch_example() -> None:
-    summary, _ = _run("langchain_budgeted_batch.py", "--questions", "30", "--budget", "0.02")
+    summary, _ = run_example("langchain_budgeted_batch.py", "--questions", "30", "--budget", "0.02")
     assert summary["answered"] + summary["over_budget"] == 30
     assert summary["answered"] > 0 and summary["over_budget"] > 0  # the budget binds
     assert 0 < summary["spent"] <= summary["budget"] and summary["held"] == 0
@@ -51,7 +25,7 @@ def test_budgeted_batch_example() -> None:
 
 
 def test_feedback_loop_example() -> None:
-    summary, _ = _run("langchain_feedback_loop.py", "--questions", "8")
+    summary, _ = run_example("langchain_feedback_loop.py", "--questions", "8")
     assert summary["recorded"] == 8 and summary["pending"] == 0
     assert summary["anchors_after"] == summary["anchors_before"] + 8
     # with each question's own outcome in the store, estimates move toward the recorded truth
