@@ -81,9 +81,12 @@ def recorded(query: str, model: str) -> Outcome:
     return next(o for o in HELD_OUT if o.query == query and o.model == model)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def li_settings() -> Iterator[None]:
-    """Set LlamaIndex's global LLM and embedder explicitly (the defaults need the network); restore after."""
+    """Set LlamaIndex's global LLM and embedder explicitly (the defaults need the network); restore after.
+
+    Autouse: a test module that imports it runs every test with it.
+    """
     prev_llm = Settings._llm
     prev_embed = Settings._embed_model
     Settings.llm = replay_llms()["small"]

@@ -24,17 +24,15 @@ from scope_llamaindex import (
 )
 from scope_shared import ConfigError, ScopeEngine, UnknownModelError
 from scope_shared.store import anchor_id
-from tests.unit.llamaindex_fixtures import (  # noqa: F401
+from tests.unit.llamaindex_fixtures import (
     HELD_OUT,
     Q_CAPITAL,
     Q_CODE,
-    li_settings,
+    li_settings,  # noqa: F401 - autouse: every test here runs with it
     make_engine,
     recorded,
     replay_llms,
 )
-
-pytestmark = pytest.mark.usefixtures("li_settings")
 
 GRADER = replay_grader(HELD_OUT)
 

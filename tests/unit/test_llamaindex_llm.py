@@ -20,16 +20,14 @@ from llama_index.core.llms.custom import CustomLLM
 
 from scope_llamaindex import ReplayLLM, ScopeLLM
 from scope_shared import BudgetExceededError, ConfigError, ScopeEngine, UnknownModelError
-from tests.unit.llamaindex_fixtures import (  # noqa: F401
+from tests.unit.llamaindex_fixtures import (
     Q_CAPITAL,
     Q_CODE,
-    li_settings,
+    li_settings,  # noqa: F401 - autouse: every test here runs with it
     make_engine,
     recorded,
     replay_llms,
 )
-
-pytestmark = pytest.mark.usefixtures("li_settings")
 
 
 def _llm(engine: ScopeEngine | None = None, **kw: Any) -> ScopeLLM:

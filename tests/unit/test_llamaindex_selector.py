@@ -12,16 +12,14 @@ from llama_index.core.tools import QueryEngineTool, RetrieverTool, ToolMetadata
 
 from scope_llamaindex import ScopeEventHandler, ScopeSelection, ScopeSelector, replay_grader
 from scope_shared import BudgetExceededError, ConfigError, ScopeEngine, UnknownModelError
-from tests.unit.llamaindex_fixtures import (  # noqa: F401
+from tests.unit.llamaindex_fixtures import (
     Q_CAPITAL,
     Q_CODE,
-    li_settings,
+    li_settings,  # noqa: F401 - autouse: every test here runs with it
     make_engine,
     recorded,
     replay_llms,
 )
-
-pytestmark = pytest.mark.usefixtures("li_settings")
 
 
 def _index() -> VectorStoreIndex:
