@@ -26,6 +26,7 @@ from langchain_core.messages import (
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
+from pydantic import BaseModel, ConfigDict
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -238,6 +239,32 @@ def validate_setup(engine: Any, models: Any, options: Mapping[str, Any]) -> None
             raise ConfigError(msg)
 
 
+class RouterFields(BaseModel):
+    """The fields and the validating constructor that :class:`ScopeRouter` and :class:`ScopeChatModel` share
+    (documented on ``ScopeRouter``); :meth:`Dispatcher.of` reads them."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    engine: ScopeEngine
+    models: dict[str, Runnable[Any, Any]]
+    value_per_correct: float | None = None
+    max_cost_per_call: float | None = None
+    force_model: str | None = None
+    question: QuestionFn | None = None
+    token_counter: TokenCounter | None = None
+    retries: int = 2
+    retry_wait: float = 0.5
+    max_fallbacks: int = 2
+    fallback_on: tuple[type[BaseException], ...] = (Exception,)
+    retry_if: Callable[[BaseException], bool] = is_transient
+
+    def __init__(self, *, engine: ScopeEngine, models: Mapping[str, Runnable[Any, Any]], **kwargs: Any) -> None:
+        validate_setup(engine, models, kwargs)
+        kwargs.setdefault("value_per_correct", engine.value_per_correct)
+        kwargs.setdefault("max_cost_per_call", engine.max_cost_per_call)
+        super().__init__(engine=engine, models=dict(models), **kwargs)
+
+
 # -- metadata --------------------------------------------------------------------------------------
 
 
@@ -331,7 +358,7 @@ class Dispatcher:
     retry_if: Callable[[BaseException], bool]
 
     @classmethod
-    def of(cls, owner: Any) -> Dispatcher:
+    def of(cls, owner: RouterFields) -> Dispatcher:
         """Build from a ScopeRouter or ScopeChatModel (their fields share these names)."""
         return cls(
             engine=owner.engine,

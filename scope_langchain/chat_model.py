@@ -19,10 +19,9 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import ensure_config
 from langchain_core.tools import BaseTool
-from pydantic import ConfigDict
 
-from scope_langchain._common import CONFIG_KEYS, Dispatcher, QuestionFn, TokenCounter, is_transient, validate_setup
-from scope_shared import ConfigError, ScopeEngine
+from scope_langchain._common import CONFIG_KEYS, Dispatcher, RouterFields
+from scope_shared import ConfigError
 
 __all__ = ["ScopeChatModel"]
 
@@ -32,7 +31,7 @@ logger = logging.getLogger(__name__)
 _SETTINGS_KWARG = "scope_configurable"
 
 
-class ScopeChatModel(BaseChatModel):
+class ScopeChatModel(RouterFields, BaseChatModel):
     """The same routing as :class:`~scope_langchain.ScopeRouter`, as a chat model.
 
     It stands wherever a ``BaseChatModel`` is expected (agents, ``with_structured_output``, ``bind_tools``).
@@ -48,27 +47,6 @@ class ScopeChatModel(BaseChatModel):
 
     Args are those of :class:`~scope_langchain.ScopeRouter`.
     """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    engine: ScopeEngine
-    models: dict[str, Runnable[Any, Any]]
-    value_per_correct: float | None = None
-    max_cost_per_call: float | None = None
-    force_model: str | None = None
-    question: QuestionFn | None = None
-    token_counter: TokenCounter | None = None
-    retries: int = 2
-    retry_wait: float = 0.5
-    max_fallbacks: int = 2
-    fallback_on: tuple[type[BaseException], ...] = (Exception,)
-    retry_if: Callable[[BaseException], bool] = is_transient
-
-    def __init__(self, *, engine: ScopeEngine, models: Mapping[str, Runnable[Any, Any]], **kwargs: Any) -> None:
-        validate_setup(engine, models, kwargs)
-        kwargs.setdefault("value_per_correct", engine.value_per_correct)
-        kwargs.setdefault("max_cost_per_call", engine.max_cost_per_call)
-        super().__init__(engine=engine, models=dict(models), **kwargs)  # type: ignore[call-arg]
 
     @property
     def _llm_type(self) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NamedTuple
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
@@ -12,17 +12,9 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnableSerializable
 from langchain_core.runnables.config import ensure_config, get_executor_for_config
 from langchain_core.runnables.utils import gather_with_concurrency
-from pydantic import ConfigDict
 
-from scope_langchain._common import (
-    Dispatcher,
-    Prepared,
-    QuestionFn,
-    TokenCounter,
-    is_transient,
-    validate_setup,
-)
-from scope_shared import Decision, ScopeEngine
+from scope_langchain._common import Dispatcher, Prepared, RouterFields
+from scope_shared import Decision
 
 __all__ = ["ScopeRoute", "ScopeRouter"]
 
@@ -36,7 +28,7 @@ class ScopeRoute(NamedTuple):
     decision: Decision
 
 
-class ScopeRouter(RunnableSerializable[LanguageModelInput, BaseMessage]):
+class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMessage]):
     """Routes each call to one of several chat models by expected utility, then calls it.
 
     Input is anything a chat model accepts (str, messages, ``PromptValue``), so ``prompt | router |
@@ -76,27 +68,6 @@ class ScopeRouter(RunnableSerializable[LanguageModelInput, BaseMessage]):
         fallback_on: exception types that trigger a fallback.
         retry_if: predicate for transient errors (default :func:`is_transient`).
     """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    engine: ScopeEngine
-    models: dict[str, Runnable[Any, Any]]
-    value_per_correct: float | None = None
-    max_cost_per_call: float | None = None
-    force_model: str | None = None
-    question: QuestionFn | None = None
-    token_counter: TokenCounter | None = None
-    retries: int = 2
-    retry_wait: float = 0.5
-    max_fallbacks: int = 2
-    fallback_on: tuple[type[BaseException], ...] = (Exception,)
-    retry_if: Callable[[BaseException], bool] = is_transient
-
-    def __init__(self, *, engine: ScopeEngine, models: Mapping[str, Runnable[Any, Any]], **kwargs: Any) -> None:
-        validate_setup(engine, models, kwargs)
-        kwargs.setdefault("value_per_correct", engine.value_per_correct)
-        kwargs.setdefault("max_cost_per_call", engine.max_cost_per_call)
-        super().__init__(engine=engine, models=dict(models), **kwargs)  # type: ignore[call-arg]
 
     def __repr__(self) -> str:
         return (
