@@ -10,8 +10,9 @@ For each embedder (``--embedders``, names as ``scope-router --embedder``), print
   embedder (the reference, MiniLM by default).
 
 Quality runs read and write an on-disk embedding cache (``--cache``, default ``out/embed-cache``; one
-``.npz`` per embedder and text set, keyed by a hash of the embedded text), so a rerun re-embeds nothing;
-the latency runs never use it.
+``.npz`` per embedder, keyed by a hash of the embedded text), so a rerun re-embeds nothing, and keep each
+evaluation's figures in ``quality.json`` there, so a rerun only evaluates what is new (``--fresh``: all);
+the latency runs time the embedder itself.
 
     python benchmarks/embedders_table.py                                    # minilm vs minilm-static
     python benchmarks/embedders_table.py --embedders minilm minilm-static hashing --out out/embedders.md
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import statistics
 import sys
 import time
@@ -50,9 +52,17 @@ def build(name: str) -> Embedder:
         opts = dict(kv.split("=", 1) for kv in name.split(":", 1)[1].split(","))
         sif = opts.get("sif", "1e-4")
         return StaticEmbedder(dim=int(opts.get("dim", 256)), sif_coefficient=None if sif == "none" else float(sif))
-    if name.startswith("minilm:"):
+    if name.startswith("minilm:"):  # batch=N, maxlen=N (tokens), int8=1 (dynamic int8 Linear layers)
         opts = dict(kv.split("=", 1) for kv in name.split(":", 1)[1].split(","))
-        return MiniLMEmbedder(batch_size=int(opts.get("batch", 64)))
+        mini = MiniLMEmbedder(batch_size=int(opts.get("batch", 64)))
+        model = mini._load()  # noqa: SLF001 - a benchmark variant, not an API
+        if "maxlen" in opts:
+            model.max_seq_length = int(opts["maxlen"])
+        if opts.get("int8") == "1":
+            import torch
+
+            mini._model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)  # noqa: SLF001
+        return mini
     emb: Embedder = _embedder(name)
     return emb
 
@@ -139,17 +149,24 @@ def latency(emb: Embedder, texts: Sequence[str], batch: Sequence[str], store: An
     }
 
 
-def quality(emb: Embedder, data: Path, estimators: Sequence[str], k: int) -> dict[str, dict[str, Any]]:
+def quality(
+    emb: DiskCache, data: Path, estimators: Sequence[str], k: int, saved: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Each estimator's figures on ``data``; ``saved`` holds earlier runs' figures by key and gets the new ones."""
     files = [data / "anchors.csv.gz", data / "test.csv.gz", data / "prices.csv"]
     out = {}
     for est in estimators:
+        key = f"{data.name}|{emb.name}|{est}|k={k}"
+        if key in saved:
+            out[est] = saved[key]
+            continue
+        rows = [*load_outcomes(files[0]), *load_outcomes(files[1])]
+        emb.embed(list(dict.fromkeys(o.query[-TAIL:] for o in rows)))  # one batched call, before timing
         t0 = time.perf_counter()
         rep = evaluate(*files, embedder=emb, store=AnchorStore(embedder=emb), estimator=build_estimator(est, k=k), k=k)
         e, r = rep["estimation"], rep["routing"]
-        out[est] = {"auroc": e["auroc_within_model"], "ece": e["ece"], "aiq": r["aiq"]}
-        print(
-            f"  {data.name} {emb.name} {est}: {out[est]} [{time.perf_counter() - t0:.0f}s]", file=sys.stderr, flush=True
-        )
+        out[est] = saved[key] = {"auroc": e["auroc_within_model"], "ece": e["ece"], "aiq": r["aiq"]}
+        print(f"  {key}: {out[est]} [{time.perf_counter() - t0:.0f}s]", file=sys.stderr, flush=True)
     return out
 
 
@@ -163,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--latency-queries", type=int, default=100, help="single-text calls timed per embedder")
     p.add_argument("--batch", type=int, default=256, help="texts in the batched-throughput call")
     p.add_argument("--cache", default="out/embed-cache", help="on-disk embedding cache for the quality runs")
+    p.add_argument("--fresh", action="store_true", help="rerun every evaluation (default: reuse saved figures)")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--out", help="also write the markdown here")
@@ -199,10 +217,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if not args.skip_quality:
         results: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        saved_path = Path(args.cache) / "quality.json"
+        saved = {} if args.fresh or not saved_path.exists() else json.loads(saved_path.read_text())
         for data in datasets:
             for name in names:
                 emb = DiskCache(build(name), Path(args.cache))
-                results[(data.name, name)] = quality(emb, data, estimators, args.k)
+                results[(data.name, name)] = quality(emb, data, estimators, args.k, saved)
+                if not args.fresh:
+                    latest = json.loads(saved_path.read_text()) if saved_path.exists() else {}
+                    saved_path.write_text(json.dumps({**latest, **saved}, indent=1))
         ref = names[0]
         lines += [
             f"Routing quality (`evaluate`, k={args.k}); delta = this embedder minus {ref}.",
