@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Callable, Generator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -56,6 +57,19 @@ class _Call:
     @property
     def model(self) -> str:
         return self.decision.model
+
+
+class _Watch(Generic[R]):
+    """A stream in flight: stamps each chunk with the call and keeps the last one."""
+
+    def __init__(self, stamp: dict[str, Any]) -> None:
+        self.stamp = stamp
+        self.last: R | None = None
+
+    def __call__(self, chunk: R) -> R:
+        chunk.additional_kwargs["scope"] = self.stamp
+        self.last = chunk
+        return chunk
 
 
 def last_user_message(messages: Sequence[ChatMessage]) -> str:
@@ -180,9 +194,7 @@ class ScopeLLM(LLM):
     def _abort(self, call: _Call) -> None:
         self.engine.release(call.decision)
 
-    def _finish(
-        self, call: _Call, response: ChatResponse | CompletionResponse, *, completed: bool = True
-    ) -> None:
+    def _finish(self, call: _Call, response: R, *, completed: bool = True) -> R:
         """Settle the reservation with the real usage, stamp the response and announce the call."""
         inp, out = usage_of(response)
         reported = inp is not None and out is not None
@@ -215,138 +227,106 @@ class ScopeLLM(LLM):
                     decision=call.decision,
                 )
             )
+        return response
 
-    def _end_stream(
-        self, call: _Call, last: ChatResponse | CompletionResponse | None, completed: bool
-    ) -> None:
-        # A stream that yielded nothing never cost anything we can count: release; otherwise settle what ran.
-        if last is None:
+    @contextmanager
+    def _releasing(self, call: _Call) -> Iterator[_Call]:
+        """Release the call's reservation if the chosen LLM raises."""
+        try:
+            yield call
+        except BaseException:
             self._abort(call)
-        else:
-            self._finish(call, last, completed=completed)
+            raise
+
+    @contextmanager
+    def _routed(self, query: str, prompt: str) -> Iterator[_Call]:
+        """Route ``query`` and hold the chosen LLM's call (released if it raises)."""
+        decision = self.engine.route(query, **self._route_kwargs(query, prompt))
+        with self._releasing(self._call(decision, query, prompt)) as call:
+            yield call
+
+    @asynccontextmanager
+    async def _arouted(self, query: str, prompt: str) -> AsyncIterator[_Call]:
+        """Async form of :meth:`_routed`."""
+        decision = await self.engine.aroute(query, **self._route_kwargs(query, prompt))
+        with self._releasing(self._call(decision, query, prompt)) as call:
+            yield call
+
+    @contextmanager
+    def _watching(self, call: _Call) -> Iterator[_Watch[Any]]:
+        """Stamp a stream's chunks; when it ends, settle what ran (or release, if nothing did: a stream that
+        yielded nothing never cost anything we can count)."""
+        watch: _Watch[Any] = _Watch(self._stamp(call))
+        completed = False
+        try:
+            yield watch
+            completed = True
+        finally:
+            if watch.last is None:
+                self._abort(call)
+            else:
+                self._finish(call, watch.last, completed=completed)
 
     def _stream(self, call: _Call, chunks: Generator[R, None, None]) -> Generator[R, None, None]:
-        stamp = self._stamp(call)
-        last: R | None = None
-        completed = False
-        try:
+        with self._watching(call) as watch:
             for chunk in chunks:
-                chunk.additional_kwargs["scope"] = stamp
-                last = chunk
-                yield chunk
-            completed = True
-        finally:
-            self._end_stream(call, last, completed)
+                yield watch(chunk)
 
     async def _astream(self, call: _Call, chunks: AsyncGenerator[R, None]) -> AsyncGenerator[R, None]:
-        stamp = self._stamp(call)
-        last: R | None = None
-        completed = False
-        try:
+        with self._watching(call) as watch:
             async for chunk in chunks:
-                chunk.additional_kwargs["scope"] = stamp
-                last = chunk
-                yield chunk
-            completed = True
-        finally:
-            self._end_stream(call, last, completed)
+                yield watch(chunk)
 
     # -- chat ------------------------------------------------------------------------------------
 
-    def _route_chat(self, messages: Sequence[ChatMessage]) -> tuple[str, str, dict[str, Any]]:
-        query, prompt = (self._query_from or last_user_message)(messages), _prompt_of(messages)
-        return query, prompt, self._route_kwargs(query, prompt)
+    def _chat_query(self, messages: Sequence[ChatMessage]) -> tuple[str, str]:
+        """The text routed on and the whole prompt."""
+        return (self._query_from or last_user_message)(messages), _prompt_of(messages)
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        query, prompt, route = self._route_chat(messages)
-        call = self._call(self.engine.route(query, **route), query, prompt)
-        try:
+        with self._routed(*self._chat_query(messages)) as call:
             response = call.llm.chat(messages, **kwargs)
-        except BaseException:
-            self._abort(call)
-            raise
-        self._finish(call, response)
-        return response
+        return self._finish(call, response)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        query, prompt, route = self._route_chat(messages)
-        call = self._call(await self.engine.aroute(query, **route), query, prompt)
-        try:
+        async with self._arouted(*self._chat_query(messages)) as call:
             response = await call.llm.achat(messages, **kwargs)
-        except BaseException:
-            self._abort(call)
-            raise
-        self._finish(call, response)
-        return response
+        return self._finish(call, response)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        query, prompt, route = self._route_chat(messages)
-        call = self._call(self.engine.route(query, **route), query, prompt)
-        try:
-            chunks = call.llm.stream_chat(messages, **kwargs)
-        except BaseException:
-            self._abort(call)
-            raise
-        return self._stream(call, chunks)
+        with self._routed(*self._chat_query(messages)) as call:
+            return self._stream(call, call.llm.stream_chat(messages, **kwargs))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        query, prompt, route = self._route_chat(messages)
-        call = self._call(await self.engine.aroute(query, **route), query, prompt)
-        try:
-            chunks = await call.llm.astream_chat(messages, **kwargs)
-        except BaseException:
-            self._abort(call)
-            raise
-        return self._astream(call, chunks)
+        async with self._arouted(*self._chat_query(messages)) as call:
+            return self._astream(call, await call.llm.astream_chat(messages, **kwargs))
 
     # -- completion ------------------------------------------------------------------------------
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        call = self._call(self.engine.route(prompt, **self._route_kwargs(prompt, prompt)), prompt, prompt)
-        try:
+        with self._routed(prompt, prompt) as call:
             response = call.llm.complete(prompt, formatted=formatted, **kwargs)
-        except BaseException:
-            self._abort(call)
-            raise
-        self._finish(call, response)
-        return response
+        return self._finish(call, response)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        decision = await self.engine.aroute(prompt, **self._route_kwargs(prompt, prompt))
-        call = self._call(decision, prompt, prompt)
-        try:
+        async with self._arouted(prompt, prompt) as call:
             response = await call.llm.acomplete(prompt, formatted=formatted, **kwargs)
-        except BaseException:
-            self._abort(call)
-            raise
-        self._finish(call, response)
-        return response
+        return self._finish(call, response)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        call = self._call(self.engine.route(prompt, **self._route_kwargs(prompt, prompt)), prompt, prompt)
-        try:
-            chunks = call.llm.stream_complete(prompt, formatted=formatted, **kwargs)
-        except BaseException:
-            self._abort(call)
-            raise
-        return self._stream(call, chunks)
+        with self._routed(prompt, prompt) as call:
+            return self._stream(call, call.llm.stream_complete(prompt, formatted=formatted, **kwargs))
 
     @llm_completion_callback()
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        decision = await self.engine.aroute(prompt, **self._route_kwargs(prompt, prompt))
-        call = self._call(decision, prompt, prompt)
-        try:
-            chunks = await call.llm.astream_complete(prompt, formatted=formatted, **kwargs)
-        except BaseException:
-            self._abort(call)
-            raise
-        return self._astream(call, chunks)
+        async with self._arouted(prompt, prompt) as call:
+            return self._astream(call, await call.llm.astream_complete(prompt, formatted=formatted, **kwargs))
