@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -48,6 +48,7 @@ META_RESERVATION = "scope_reservation_id"
 META_QUESTION = "scope_question"
 
 M = TypeVar("M", bound=BaseMessage)
+T = TypeVar("T")
 QuestionFn = Callable[[Sequence[BaseMessage]], str]
 TokenCounter = Callable[[Sequence[BaseMessage]], int]
 
@@ -342,6 +343,32 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
+def capture(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | Exception:
+    """``fn(*args, **kwargs)``, or the exception it raised."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        return exc
+
+
+async def acapture(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T | Exception:
+    """Async form of :func:`capture`."""
+    try:
+        return await fn(*args, **kwargs)
+    except Exception as exc:
+        return exc
+
+
+def ready(
+    prepared: Sequence[Prepared | Exception], decisions: Sequence[Decision | Exception]
+) -> list[tuple[Prepared, Decision] | Exception]:
+    """A batch's items ready to call, each as ``(prepared, decision)`` or the error that stopped it."""
+    out: list[tuple[Prepared, Decision] | Exception] = []
+    for p, d in zip(prepared, decisions, strict=True):
+        out.append(p if isinstance(p, Exception) else d if isinstance(d, Exception) else (p, d))
+    return out
+
+
 @dataclass(frozen=True)
 class Dispatcher:
     """Routes one prepared call and runs it on the chosen model, with retries and fallbacks."""
@@ -391,6 +418,12 @@ class Dispatcher:
         settings = resolve_settings(self.defaults, configurable or {}, self.models)
         return Prepared(messages, question, tokens, settings)
 
+    def prepare_batch(
+        self, inputs: Sequence[Any], configs: Sequence[RunnableConfig]
+    ) -> list[Prepared | Exception]:
+        """Each input prepared with its own config; an input that cannot be prepared is its error."""
+        return [capture(self.prepare, x, c.get("configurable")) for x, c in zip(inputs, configs, strict=True)]
+
     def _route_kwargs(self, s: Settings) -> dict[str, Any]:
         return {
             "value_per_correct": s.value_per_correct,
@@ -409,19 +442,33 @@ class Dispatcher:
             p.question, input_tokens=p.input_tokens, reserve=reserve, **self._route_kwargs(p.settings)
         )
 
-    @staticmethod
-    def _groups(prepared: Sequence[Prepared | Exception]) -> dict[Settings, list[int]]:
+    def _batch_groups(self, prepared: Sequence[Prepared | Exception]) -> list[tuple[list[int], dict[str, Any]]]:
+        """Per distinct settings: the items' indices and the engine's ``route_batch`` arguments (unreserved)."""
         groups: dict[Settings, list[int]] = {}
         for i, p in enumerate(prepared):
             if isinstance(p, Prepared):
                 groups.setdefault(p.settings, []).append(i)
-        return groups
+        out = []
+        for s, idx in groups.items():
+            ps = [p for p in (prepared[i] for i in idx) if isinstance(p, Prepared)]
+            kwargs = {"queries": [p.question for p in ps], "input_tokens": [p.input_tokens for p in ps]}
+            out.append((idx, {**kwargs, "reserve": False, **self._route_kwargs(s)}))
+        return out
 
-    def _reserve_each(
-        self, prepared: Sequence[Prepared | Exception], out: list[Decision | Exception]
+    def _reserve_in_order(
+        self,
+        prepared: Sequence[Prepared | Exception],
+        groups: Sequence[tuple[list[int], dict[str, Any]]],
+        routed: Sequence[list[Decision] | Exception],
     ) -> list[Decision | Exception]:
-        # Routed without reserving (one estimator call per settings group); reserve in input order now,
-        # so a budget that runs out fails the items that do not fit, not the whole batch.
+        """Each item's decision (or its group's error), reserved in input order: routed without reserving (one
+        estimator call per settings group), a budget that runs out fails the items that do not fit, not the
+        whole batch."""
+        out: list[Decision | Exception] = [p if isinstance(p, Exception) else _PENDING for p in prepared]
+        for (idx, _), ds in zip(groups, routed, strict=True):
+            items: Sequence[Decision | Exception] = [ds] * len(idx) if isinstance(ds, Exception) else ds
+            for i, d in zip(idx, items, strict=True):
+                out[i] = d
         if self.engine.ledger is None:
             return out
         for i, d in enumerate(out):
@@ -437,39 +484,14 @@ class Dispatcher:
 
     def decide_batch(self, prepared: Sequence[Prepared | Exception]) -> list[Decision | Exception]:
         """Route a batch: one engine call per distinct settings, then reserve item by item."""
-        out: list[Decision | Exception] = [p if isinstance(p, Exception) else _PENDING for p in prepared]
-        for s, idx in self._groups(prepared).items():
-            ps = [prepared[i] for i in idx]
-            try:
-                ds = self.engine.route_batch(
-                    [p.question for p in ps if isinstance(p, Prepared)],
-                    input_tokens=[p.input_tokens for p in ps if isinstance(p, Prepared)],
-                    reserve=False,
-                    **self._route_kwargs(s),
-                )
-            except Exception as exc:
-                ds = [exc] * len(idx)  # type: ignore[list-item]
-            for i, d in zip(idx, ds, strict=True):
-                out[i] = d
-        return self._reserve_each(prepared, out)
+        groups = self._batch_groups(prepared)
+        return self._reserve_in_order(prepared, groups, [capture(self.engine.route_batch, **kw) for _, kw in groups])
 
     async def adecide_batch(self, prepared: Sequence[Prepared | Exception]) -> list[Decision | Exception]:
         """Async form of :meth:`decide_batch`."""
-        out: list[Decision | Exception] = [p if isinstance(p, Exception) else _PENDING for p in prepared]
-        for s, idx in self._groups(prepared).items():
-            ps = [prepared[i] for i in idx]
-            try:
-                ds = await self.engine.aroute_batch(
-                    [p.question for p in ps if isinstance(p, Prepared)],
-                    input_tokens=[p.input_tokens for p in ps if isinstance(p, Prepared)],
-                    reserve=False,
-                    **self._route_kwargs(s),
-                )
-            except Exception as exc:
-                ds = [exc] * len(idx)  # type: ignore[list-item]
-            for i, d in zip(idx, ds, strict=True):
-                out[i] = d
-        return self._reserve_each(prepared, out)
+        groups = self._batch_groups(prepared)
+        routed = [await acapture(self.engine.aroute_batch, **kw) for _, kw in groups]
+        return self._reserve_in_order(prepared, groups, routed)
 
     # -- calling the chosen model ----------------------------------------------------------------
 

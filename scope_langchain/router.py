@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, NamedTuple
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
@@ -13,7 +13,7 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, R
 from langchain_core.runnables.config import ensure_config, get_executor_for_config
 from langchain_core.runnables.utils import gather_with_concurrency
 
-from scope_langchain._common import Dispatcher, Prepared, RouterFields
+from scope_langchain._common import Dispatcher, RouterFields, acapture, capture, ready
 from scope_shared import Decision
 
 __all__ = ["ScopeRoute", "ScopeRouter"]
@@ -171,18 +171,12 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         **kwargs: Any,
     ) -> list[Exception | BaseMessage]:
         d = self._dispatcher()
-        prepared = [_capture(d.prepare, x, c.get("configurable")) for x, c in zip(inputs, config, strict=True)]
-        decisions = d.decide_batch(prepared)
+        prepared = d.prepare_batch(inputs, config)
+        todo = ready(prepared, d.decide_batch(prepared))
 
         def one(i: int) -> Exception | BaseMessage:
-            p, decision = prepared[i], decisions[i]
-            if isinstance(decision, Exception):
-                return decision
-            assert isinstance(p, Prepared)
-            try:
-                return d.call(p, decision, config[i], kwargs)
-            except Exception as exc:
-                return exc
+            item = todo[i]
+            return item if isinstance(item, Exception) else capture(d.call, *item, config[i], kwargs)
 
         with get_executor_for_config(config[0]) as executor:
             return list(executor.map(one, range(len(inputs))))
@@ -210,18 +204,12 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         **kwargs: Any,
     ) -> list[Exception | BaseMessage]:
         d = self._dispatcher()
-        prepared = [_capture(d.prepare, x, c.get("configurable")) for x, c in zip(inputs, config, strict=True)]
-        decisions = await d.adecide_batch(prepared)
+        prepared = d.prepare_batch(inputs, config)
+        todo = ready(prepared, await d.adecide_batch(prepared))
 
         async def one(i: int) -> Exception | BaseMessage:
-            p, decision = prepared[i], decisions[i]
-            if isinstance(decision, Exception):
-                return decision
-            assert isinstance(p, Prepared)
-            try:
-                return await d.acall(p, decision, config[i], kwargs)
-            except Exception as exc:
-                return exc
+            item = todo[i]
+            return item if isinstance(item, Exception) else await acapture(d.acall, *item, config[i], kwargs)
 
         limit = config[0].get("max_concurrency")
         return await gather_with_concurrency(limit, *(one(i) for i in range(len(inputs))))
@@ -271,13 +259,6 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         p = d.prepare(value, config.get("configurable"))
         async for chunk in d.astream(p, await d.adecide(p), config, kwargs):
             yield chunk
-
-
-def _capture(fn: Callable[..., Prepared], *args: Any) -> Prepared | Exception:
-    try:
-        return fn(*args)
-    except Exception as exc:
-        return exc
 
 
 def _last(inputs: Iterator[Any]) -> Any:
