@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import (
@@ -20,7 +20,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import ensure_config
 from langchain_core.tools import BaseTool
 
-from scope_langchain._common import CONFIG_KEYS, Dispatcher, RouterFields
+from scope_langchain._common import CONFIG_KEYS, Dispatcher, Prepared, RouterFields
 from scope_shared import ConfigError
 
 __all__ = ["ScopeChatModel"]
@@ -115,16 +115,19 @@ class ScopeChatModel(RouterFields, BaseChatModel):
 
     # -- generation ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _split(
+    def _prepare(
+        self,
+        messages: list[BaseMessage],
         run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
         stop: list[str] | None,
         kwargs: dict[str, Any],
-    ) -> tuple[Mapping[str, Any], RunnableConfig, dict[str, Any]]:
+    ) -> tuple[Dispatcher, Prepared, RunnableConfig, dict[str, Any]]:
+        """The dispatcher, the prepared call, the wrapped model's config and its call kwargs."""
         configurable = kwargs.pop(_SETTINGS_KWARG, None) or {}
         config: RunnableConfig = {"callbacks": _child_callbacks(run_manager)} if run_manager else {}
         call_kwargs = {**kwargs, "stop": stop} if stop is not None else kwargs
-        return configurable, config, call_kwargs
+        d = self._dispatcher()
+        return d, d.prepare(messages, configurable), config, call_kwargs
 
     def _generate(
         self,
@@ -133,9 +136,7 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        configurable, config, call_kwargs = self._split(run_manager, stop, kwargs)
-        d = self._dispatcher()
-        p = d.prepare(messages, configurable)
+        d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs)
         message = d.call(p, d.decide(p), config, call_kwargs)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
@@ -146,9 +147,7 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        configurable, config, call_kwargs = self._split(run_manager, stop, kwargs)
-        d = self._dispatcher()
-        p = d.prepare(messages, configurable)
+        d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs)
         message = await d.acall(p, await d.adecide(p), config, call_kwargs)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
@@ -159,9 +158,7 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        configurable, config, call_kwargs = self._split(run_manager, stop, kwargs)
-        d = self._dispatcher()
-        p = d.prepare(messages, configurable)
+        d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs)
         for chunk in d.stream(p, d.decide(p), config, call_kwargs):
             yield ChatGenerationChunk(message=chunk)
 
@@ -172,9 +169,7 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        configurable, config, call_kwargs = self._split(run_manager, stop, kwargs)
-        d = self._dispatcher()
-        p = d.prepare(messages, configurable)
+        d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs)
         async for chunk in d.astream(p, await d.adecide(p), config, call_kwargs):
             yield ChatGenerationChunk(message=chunk)
 
