@@ -65,7 +65,7 @@ from scope_shared import (
     load_outcomes,
     load_prices,
 )
-from scope_shared.embeddings import Matrix
+from scope_shared.embeddings import Matrix, StaticEmbedder
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "routerbench-zs"
@@ -91,7 +91,9 @@ def make_embedder(name: str) -> Embedder:
         return MiniLMEmbedder()
     if name == "hashing":
         return HashingEmbedder()
-    msg = f"unknown embedder {name!r}; known here: minilm, hashing (or any name as_embedder accepts)"
+    if name == "minilm-static":
+        return StaticEmbedder()
+    msg = f"unknown embedder {name!r}; known here: minilm, minilm-static, hashing (or any as_embedder accepts)"
     raise ConfigError(msg)
 
 
