@@ -163,9 +163,11 @@ class StaticEmbedder:
     mean of the three output states is the token's vector. The vectors are rotated and cut to ``dim`` by a
     PCA over the vocabulary and weighted by SIF with Zipf frequencies from the token rank
     (``w = a / (a + p)``). A text's embedding is the normalised mean of its tokens' vectors: about a
-    millisecond for a 1000-character prompt, against tens for MiniLM, with no length limit.
+    millisecond for a 1000-character prompt, against tens for MiniLM, with no length limit. Its neighbours
+    are coarser than MiniLM's: routing quality is close on routerbench-zs but measurably lower on zeroeval
+    (``benchmarks/embedders_table.py``), so it is opt-in rather than the default.
 
-    The table is distilled on first use (tens of seconds on two CPU cores; needs the ``[embed]`` extra),
+    The table is distilled on first use (under two minutes on two busy CPU cores; needs the ``[embed]`` extra),
     saved under ``cache_dir`` and loaded from there afterwards, when only ``tokenizers`` and numpy are used.
     The file name carries a fingerprint of the weights, the tokenizer and the settings, so a changed model
     is distilled afresh rather than read stale.
