@@ -54,18 +54,14 @@ import numpy as np
 from benchmarks.peer import build_peer, labels_for
 from scope_shared import (
     AnchorStore,
-    ConfigError,
     Embedder,
-    HashingEmbedder,
-    MiniLMEmbedder,
     ModelCard,
     Outcome,
     ScopeEngine,
-    as_embedder,
     load_outcomes,
     load_prices,
 )
-from scope_shared.embeddings import Matrix, StaticEmbedder
+from scope_shared.embeddings import Matrix, embedder_named
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "routerbench-zs"
@@ -82,19 +78,8 @@ RECORDS_INCLUDE: Any = ["metadatas"]
 
 
 def make_embedder(name: str) -> Embedder:
-    """An embedder by name: whatever :func:`as_embedder` accepts, else ``minilm`` or ``hashing``."""
-    try:
-        return as_embedder(name)
-    except ConfigError:
-        pass
-    if name == "minilm":
-        return MiniLMEmbedder()
-    if name == "hashing":
-        return HashingEmbedder()
-    if name == "minilm-static":
-        return StaticEmbedder()
-    msg = f"unknown embedder {name!r}; known here: minilm, minilm-static, hashing (or any as_embedder accepts)"
-    raise ConfigError(msg)
+    """An embedder by name: a built-in one (:data:`~scope_shared.embeddings.EMBEDDERS`)."""
+    return embedder_named(name)
 
 
 def make_engine(

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from scope_shared.embeddings import EMBEDDERS
 from scope_shared.errors import ConfigError, ScopeError
 
 __all__ = ["main"]
@@ -36,21 +37,10 @@ def _out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
 
-#: ``--embedder`` choices; minilm-static is MiniLM distilled to a token table on first use (see StaticEmbedder).
-EMBEDDERS = ("minilm", "minilm-static", "hashing")
-
-
 def _embedder(name: str) -> Any:
-    from scope_shared.embeddings import HashingEmbedder, MiniLMEmbedder, StaticEmbedder
+    from scope_shared.embeddings import embedder_named
 
-    if name == "minilm":
-        return MiniLMEmbedder()
-    if name == "minilm-static":
-        return StaticEmbedder()
-    if name == "hashing":
-        return HashingEmbedder()
-    msg = f"unknown embedder {name!r}; known: {', '.join(EMBEDDERS)}"
-    raise ConfigError(msg)
+    return embedder_named(name)
 
 
 def _store(args: argparse.Namespace) -> Any:

@@ -32,8 +32,10 @@ __all__ = [
     "Embedder",
     "HashingEmbedder",
     "MiniLMEmbedder",
+    "EMBEDDERS",
     "StaticEmbedder",
     "as_embedder",
+    "embedder_named",
 ]
 
 logger = logging.getLogger(__name__)
@@ -436,4 +438,21 @@ def as_embedder(obj: Any) -> Embedder:
         f"cannot use {cls} as an embedder; pass an Embedder, a callable list[str] -> vectors, "
         "a LangChain Embeddings or a LlamaIndex BaseEmbedding"
     )
+    raise ConfigError(msg)
+
+
+#: Embedders known by name (the CLI's ``--embedder`` choices); minilm-static is MiniLM distilled to a token
+#: table on first use (see :class:`StaticEmbedder`).
+EMBEDDERS = ("minilm", "minilm-static", "hashing")
+
+
+def embedder_named(name: str) -> Embedder:
+    """A built-in embedder by name (one of :data:`EMBEDDERS`)."""
+    if name == "minilm":
+        return MiniLMEmbedder()
+    if name == "minilm-static":
+        return StaticEmbedder()
+    if name == "hashing":
+        return HashingEmbedder()
+    msg = f"unknown embedder {name!r}; known: {', '.join(EMBEDDERS)}"
     raise ConfigError(msg)
