@@ -90,6 +90,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         total += report.outcomes
         _out(f"{f}: {report.outcomes} outcomes, {report.anchors_new} new anchors, {report.anchors_updated} updated")
     _out(f"store {store!r}: {store.count()} anchors, {len(store.model_stats())} models")
+    if args.estimator == "learned":  # fit once now and save it with the store: every router loads it
+        from scope_shared.estimators.learned import LearnedEstimator
+
+        fit = LearnedEstimator(k=args.k).fit(store)
+        _out(f"learned estimator fitted on {fit.fit_anchors} of {fit.anchors} anchors in {fit.seconds:.1f}s, saved")
     return 0
 
 
@@ -224,8 +229,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"{'scope-router ' + label + ' (value ' + _fmt_value(v) + ')':44} {pt['accuracy']:9.3f} "
             f"{pt['cost']:12.6f} {pt['cost'] / best_cost:14.2f}x"
         )
-    _out(f"{'oracle (cheapest correct model)':44} {rt['oracle']['accuracy']:9.3f} {rt['oracle']['cost']:12.6f} "
-         f"{rt['oracle']['cost'] / best_cost:14.2f}x")
+    _out(
+        f"{'oracle (cheapest correct model)':44} {rt['oracle']['accuracy']:9.3f} {rt['oracle']['cost']:12.6f} "
+        f"{rt['oracle']['cost'] / best_cost:14.2f}x"
+    )
     for name, s in sorted(rt["singles"].items(), key=lambda kv: -kv[1]["accuracy"]):
         _out(f"{name[:44]:44} {s['accuracy']:9.3f} {s['cost']:12.6f} {s['cost'] / best_cost:14.2f}x")
     _out("")
@@ -268,6 +275,12 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("ingest", help="load outcome files (CSV/JSONL, .gz) into an anchor store")
     store_args(sp)
     model_args(sp)
+    sp.add_argument(
+        "--estimator",
+        default="learned",
+        choices=["learned", "anchors"],
+        help="learned: fit it after loading and save the fit with the store (anchors: nothing to fit)",
+    )
     sp.add_argument("files", nargs="+")
     sp.add_argument("-q", "--quiet", action="store_true")
     sp.set_defaults(fn=cmd_ingest)

@@ -22,7 +22,13 @@ def files(tmp_path: Path) -> dict[str, Path]:
 def test_ingest_then_route(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     base = ["--store", str(files["store"]), "--embedder", "hashing"]
     assert main(["ingest", *base, "-q", str(files["anchors"])]) == 0
-    assert "20 new anchors" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "20 new anchors" in out and "learned estimator fitted on" in out
+    from scope_shared import AnchorStore, HashingEmbedder
+    from scope_shared.estimators.learned import LearnedEstimator
+
+    saved = AnchorStore(path=files["store"], embedder=HashingEmbedder()).load_state(LearnedEstimator(k=10).state_key)
+    assert saved is not None and json.loads(saved)["anchors"] == 20  # routers load it instead of refitting
     assert main(["route", *base, "--prices", str(files["prices"]), "write a sonnet poem about the grey moon"]) == 0
     out = capsys.readouterr().out
     assert "chosen: big" in out and "anchors behind big" in out and "sonnet" in out
