@@ -14,9 +14,9 @@ Quality runs read and write an on-disk embedding cache (``--cache``, default ``o
 evaluation's figures in ``quality.json`` there, so a rerun only evaluates what is new (``--fresh``: all);
 the latency runs time the embedder itself.
 
-    python benchmarks/embedders_table.py                                    # minilm vs minilm-static
-    python benchmarks/embedders_table.py --embedders minilm minilm-static hashing --out out/embedders.md
-    python benchmarks/embedders_table.py --skip-quality --embedders minilm minilm:batch=16 \\
+    python -m benchmarks.embedders_table                                    # minilm vs minilm-static
+    python -m benchmarks.embedders_table --embedders minilm minilm-static hashing --out out/embedders.md
+    python -m benchmarks.embedders_table --skip-quality --embedders minilm minilm:batch=16 \\
         minilm-static:dim=384,sif=none
 """
 
@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._report import emit
 from scope_shared import AnchorStore, load_outcomes
 from scope_shared.embeddings import Embedder, Matrix
 from scope_shared.estimators.registry import build_estimator
@@ -244,12 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"| {data.name} | {est} | {name} | {fmt(r['auroc'])} | {fmt(da, 3) if name != ref else '-'} | "
                         f"{fmt(r['aiq'])} | {fmt(dq, 3) if name != ref else '-'} | {fmt(r['ece'])} |"
                     )
-    text = "\n".join(lines) + "\n"
-    sys.stdout.write(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    return 0
+    return emit(lines, args.out)
 
 
 if __name__ == "__main__":

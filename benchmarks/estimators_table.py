@@ -7,8 +7,8 @@ anchors) next to the same models' AUROC with all anchors; then the per-decision 
 ``ScopeEngine.route`` (one MiniLM embedding of the query, one vector search, the estimator, the policy).
 The SCOPE estimators need a vLLM server and are left out here.
 
-    python benchmarks/estimators_table.py                         # both datasets, ~15 min on 2 cores
-    python benchmarks/estimators_table.py --datasets routerbench-zs --out out/estimators.md
+    python -m benchmarks.estimators_table                         # both datasets, ~15 min on 2 cores
+    python -m benchmarks.estimators_table --datasets routerbench-zs --out out/estimators.md
 
 Each text is embedded once per dataset (MiniLM behind a cache shared by the runs); the latency runs
 bypass the cache so that every decision pays for its own embedding.
@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._report import emit
 from scope_shared import AnchorStore, MiniLMEmbedder, ScopeEngine, load_outcomes, load_prices
 from scope_shared.embeddings import Matrix
 from scope_shared.estimators.registry import build_estimator
@@ -210,12 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
         *lat_rows,
     ]
-    text = "\n".join(lines) + "\n"
-    sys.stdout.write(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    return 0
+    return emit(lines, args.out)
 
 
 if __name__ == "__main__":

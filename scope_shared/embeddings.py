@@ -167,7 +167,7 @@ class StaticEmbedder:
     (``w = a / (a + p)``). A text's embedding is the normalised mean of its tokens' vectors: about a
     millisecond for a 1000-character prompt, against tens for MiniLM, with no length limit. Its neighbours
     are coarser than MiniLM's: routing quality is close on routerbench-zs but measurably lower on zeroeval
-    (``benchmarks/embedders_table.py``), so it is opt-in rather than the default.
+    (``python -m benchmarks.embedders_table``), so it is opt-in rather than the default.
 
     The table is distilled on first use (under two minutes on two busy CPU cores; needs the ``[embed]`` extra),
     saved under ``cache_dir`` and loaded from there afterwards, when only ``tokenizers`` and numpy are used.
