@@ -587,7 +587,9 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
             share = r["decision"]["p50_ms"] / floor
             gap = ref["quality"]["routed_accuracy"] - er["quality"]["routed_accuracy"]
             t["stretch_p50_le_0.2x_minilm_floor"] = [round(share, 3), share <= 0.2]
-            t["stretch_quality_within_0.01_of_minilm"] = [round(gap, 4), gap <= 0.01]
+            # Routed accuracy on routerbench-zs only; the quality bar (AUROC within model and AIQ on
+            # both datasets) is measured by `python -m benchmarks.embedders_table`.
+            t["routed_accuracy_within_0.01_of_minilm_routerbench_only"] = [round(gap, 4), gap <= 0.01]
         out[emb] = t
     return out
 
