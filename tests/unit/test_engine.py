@@ -212,26 +212,28 @@ def test_estimator_down_falls_back_to_anchor_statistics(store: AnchorStore, card
         no_fallback.route(POEM)
 
 
+class SpyEstimator(AnchorStatsEstimator):
+    """Anchor statistics, keeping every context it was asked to estimate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[QueryContext] = []
+
+    def _predict(self, queries: Any, models: Any) -> list[dict[str, Prediction]]:
+        self.seen.extend(queries)
+        return super()._predict(queries, models)
+
+
 def test_query_context_carries_value(store: AnchorStore, cards: list[ModelCard]) -> None:
-    seen: list[QueryContext] = []
-
-    class Spy(AnchorStatsEstimator):
-        def _predict(self, queries: Any, models: Any) -> list[dict[str, Prediction]]:
-            seen.extend(queries)
-            return super()._predict(queries, models)
-
-    ScopeEngine(store=store, models=cards, estimator=Spy(), value_per_correct=0.5).route(SUM, input_tokens=77)
+    spy = SpyEstimator()
+    seen = spy.seen
+    ScopeEngine(store=store, models=cards, estimator=spy, value_per_correct=0.5).route(SUM, input_tokens=77)
     assert seen[0].value_per_correct == 0.5 and seen[0].input_tokens == 77 and seen[0].anchors
 
 
 def test_a_warm_route_is_one_vector_search(store: AnchorStore, cards: list[ModelCard]) -> None:
-    seen: list[QueryContext] = []
-
-    class Spy(AnchorStatsEstimator):
-        def _predict(self, queries: Any, models: Any) -> list[dict[str, Prediction]]:
-            seen.extend(queries)
-            return super()._predict(queries, models)
-
+    spy = SpyEstimator()
+    seen = spy.seen
     inner = store._col()
     calls: list[str] = []
 
@@ -241,7 +243,7 @@ def test_a_warm_route_is_one_vector_search(store: AnchorStore, cards: list[Model
             return getattr(inner, name)
 
     store._collection = CountingCollection()
-    eng = ScopeEngine(store=store, models=cards, estimator=Spy(), value_per_correct=1.0)
+    eng = ScopeEngine(store=store, models=cards, estimator=spy, value_per_correct=1.0)
     eng.route(POEM)
     calls.clear()
     eng.route(SUM)
