@@ -21,8 +21,8 @@ from scope_shared.errors import (
     UnknownModelError,
 )
 from scope_shared.estimators.anchors import AnchorStatsEstimator
-from scope_shared.estimators.learned import LearnedEstimator
 from scope_shared.estimators.base import Estimator, ModelStats, QueryContext
+from scope_shared.estimators.learned import LearnedEstimator
 from scope_shared.policy import Budget, BudgetLedger, OnNoFit, choose
 from scope_shared.store import AnchorStore
 from scope_shared.types import Decision, Estimate, ModelCard, Outcome
