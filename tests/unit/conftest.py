@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from scope_shared import AnchorStore, HashingEmbedder, ModelCard, Outcome
@@ -42,3 +44,34 @@ def store(outcomes: list[Outcome]) -> AnchorStore:
 @pytest.fixture
 def cards() -> list[ModelCard]:
     return list(CARDS)
+
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = (
+    "[unused0] the cat sat on mat what is two plus write a poem about sea moon dog ran ##s ##ing hello world "
+    "four sum of"
+).split()
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-layer, 32-wide BERT with a 30-token WordPiece vocabulary, saved like a sentence-transformers dir."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    vocab = {tok: i for i, tok in enumerate([*SPECIAL, *WORDS])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.add_special_tokens(SPECIAL)
+    tok.enable_truncation(max_length=8)  # the embedder must switch this off
+    tok.save(str(out / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    transformers.BertModel(config).save_pretrained(str(out))
+    return out

@@ -11,42 +11,15 @@ import pytest
 from scope_shared import embeddings as emb_mod
 from scope_shared.embeddings import StaticEmbedder, as_embedder, distill_static
 from scope_shared.errors import ConfigError
+from tests.unit.conftest import SPECIAL
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = (
-    "[unused0] the cat sat on mat what is two plus write a poem about sea moon dog ran ##s ##ing hello world "
-    "four sum of"
-).split()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 1-layer, 32-wide BERT with a 30-token WordPiece vocabulary, saved like a sentence-transformers dir."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-
-    out = tmp_path_factory.mktemp("tiny-bert")
-    vocab = {tok: i for i, tok in enumerate([*SPECIAL, *WORDS])}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.add_special_tokens(SPECIAL)
-    tok.enable_truncation(max_length=8)  # the embedder must switch this off
-    tok.save(str(out / "tokenizer.json"))
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
-    )
-    transformers.BertModel(config).save_pretrained(str(out))
-    return out
-
-
 @pytest.fixture
-def static(model_dir: Path, tmp_path: Path) -> StaticEmbedder:
-    return StaticEmbedder(dim=8, model_path=str(model_dir), cache_dir=tmp_path)
+def static(tiny_bert: Path, tmp_path: Path) -> StaticEmbedder:
+    return StaticEmbedder(dim=8, model_path=str(tiny_bert), cache_dir=tmp_path)
 
 
 def test_shape_dtype_and_unit_norm(static: StaticEmbedder) -> None:
@@ -57,11 +30,11 @@ def test_shape_dtype_and_unit_norm(static: StaticEmbedder) -> None:
     assert static.embed([]).shape == (0, 8)
 
 
-def test_embedding_is_the_normalised_mean_of_token_rows(static: StaticEmbedder, model_dir: Path) -> None:
+def test_embedding_is_the_normalised_mean_of_token_rows(static: StaticEmbedder, tiny_bert: Path) -> None:
     static.embed(["warm up"])
     with np.load(static.path) as z:
         table = z["vectors"].astype(np.float32)
-    vocab = json.loads((model_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    vocab = json.loads((tiny_bert / "tokenizer.json").read_text())["model"]["vocab"]
     # "cats" -> cat ##s; the uppercase is lowered; the unknown word is dropped
     expected = table[[vocab["the"], vocab["cat"], vocab["##s"]]].mean(axis=0)
     got = static.embed(["The cats zzzqqq"])[0]
@@ -87,39 +60,39 @@ def test_text_without_known_tokens_gets_a_fixed_unit_vector(static: StaticEmbedd
 
 
 def test_distillation_is_deterministic_and_loaded_from_cache(
-    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     text = ["a dog ran about the moon"]
-    first = StaticEmbedder(dim=8, model_path=str(model_dir), cache_dir=tmp_path / "one").embed(text)
-    second = StaticEmbedder(dim=8, model_path=str(model_dir), cache_dir=tmp_path / "two").embed(text)
+    first = StaticEmbedder(dim=8, model_path=str(tiny_bert), cache_dir=tmp_path / "one").embed(text)
+    second = StaticEmbedder(dim=8, model_path=str(tiny_bert), cache_dir=tmp_path / "two").embed(text)
     np.testing.assert_allclose(first, second, atol=1e-3)  # the table is stored as float16
 
     def no_distil(*args: object, **kwargs: object) -> None:
         raise AssertionError("distilled again instead of reading the cache")
 
     monkeypatch.setattr(emb_mod, "distill_static", no_distil)
-    again = StaticEmbedder(dim=8, model_path=str(model_dir), cache_dir=tmp_path / "one")
+    again = StaticEmbedder(dim=8, model_path=str(tiny_bert), cache_dir=tmp_path / "one")
     np.testing.assert_array_equal(again.embed(text), first)
     assert [p.name for p in (tmp_path / "one").iterdir()] == [again.path.name]  # no temp file left
 
 
-def test_table_rows_of_special_and_unused_tokens_are_zero(model_dir: Path) -> None:
-    table, tokenizer_json = distill_static(str(model_dir), dim=8)
+def test_table_rows_of_special_and_unused_tokens_are_zero(tiny_bert: Path) -> None:
+    table, tokenizer_json = distill_static(str(tiny_bert), dim=8)
     vocab = json.loads(tokenizer_json)["model"]["vocab"]
     assert table.shape == (len(vocab), 8)
     for tok in [*SPECIAL, "[unused0]"]:
         assert not table[vocab[tok]].any()
     assert table[vocab["cat"]].any()
     # SIF: the most frequent (lowest-rank) token is damped against its unweighted row
-    plain, _ = distill_static(str(model_dir), dim=8, sif_coefficient=None)
+    plain, _ = distill_static(str(tiny_bert), dim=8, sif_coefficient=None)
     ratio = np.linalg.norm(table[vocab["the"]]) / np.linalg.norm(plain[vocab["the"]])
     assert ratio < np.linalg.norm(table[vocab["of"]]) / np.linalg.norm(plain[vocab["of"]])
 
 
-def test_name_and_path_follow_the_settings(model_dir: Path, tmp_path: Path) -> None:
-    a = StaticEmbedder(dim=8, model_path=str(model_dir), cache_dir=tmp_path)
-    b = StaticEmbedder(dim=16, model_path=str(model_dir), cache_dir=tmp_path)
-    c = StaticEmbedder(dim=8, model_path=str(model_dir), cache_dir=tmp_path, sif_coefficient=None)
+def test_name_and_path_follow_the_settings(tiny_bert: Path, tmp_path: Path) -> None:
+    a = StaticEmbedder(dim=8, model_path=str(tiny_bert), cache_dir=tmp_path)
+    b = StaticEmbedder(dim=16, model_path=str(tiny_bert), cache_dir=tmp_path)
+    c = StaticEmbedder(dim=8, model_path=str(tiny_bert), cache_dir=tmp_path, sif_coefficient=None)
     assert a.name == "all-MiniLM-L6-v2-static/8"
     assert len({a.name, b.name, c.name}) == 3
     assert len({a.path, b.path, c.path}) == 3
@@ -132,9 +105,9 @@ def test_bad_settings_fail_early(kwargs: dict[str, float]) -> None:
         StaticEmbedder(**kwargs)  # type: ignore[arg-type]
 
 
-def test_dim_above_hidden_size_names_the_limit(model_dir: Path, tmp_path: Path) -> None:
+def test_dim_above_hidden_size_names_the_limit(tiny_bert: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="hidden size 32"):
-        StaticEmbedder(dim=64, model_path=str(model_dir), cache_dir=tmp_path).embed(["cat"])
+        StaticEmbedder(dim=64, model_path=str(tiny_bert), cache_dir=tmp_path).embed(["cat"])
 
 
 def test_default_cache_dir_honours_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
