@@ -188,7 +188,7 @@ class ScopeEngine:
             version = self.store.version  # from the cached statistics: no round trip
             self._last_stats = stats
             vectors = self.store.embed([t[:MAX_QUERY_CHARS] for t in texts])
-            anchors = self.store.query(vectors, k=self._retrieve_k())
+            anchors = self.store.query(vectors, k=self._retrieve_k(), fill=self._fill(), models=self.models)
             embeddings: list[Any] = list(vectors)
         except StoreUnavailableError as exc:
             if self.on_store_down == "raise" or self._last_stats is None:
@@ -213,6 +213,10 @@ class ScopeEngine:
     def _retrieve_k(self) -> int:
         # Several models may lack outcomes on some anchors: retrieve more than k so each gets ~k.
         return self.k * 3
+
+    def _fill(self) -> int | None:
+        # Records are read until every candidate has as many outcomes as the estimator uses (None: all).
+        return self.estimator.anchors_per_model
 
     def _with_value(self, ctxs: Sequence[QueryContext], value: float | None) -> list[QueryContext]:
         return [

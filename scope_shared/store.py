@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -442,14 +442,26 @@ class AnchorStore:
             texts = [t[-self._tail :] for t in texts]
         return self._embedder.embed(texts)
 
-    def query(self, embeddings: Matrix, *, k: int) -> list[tuple[AnchorRecord, ...]]:
+    def query(
+        self,
+        embeddings: Matrix,
+        *,
+        k: int,
+        fill: int | None = None,
+        models: Collection[str] | None = None,
+    ) -> list[tuple[AnchorRecord, ...]]:
         """The ``k`` most similar anchors of each embedding, most similar first.
 
         The vector search returns ids and distances only; each anchor's question and outcomes come from an
         in-process cache (``record_cache`` anchors, each kept ``stats_ttl`` seconds, dropped at once when
         this object writes it), and what is missing from one ``get`` by id. Reading records is most of a
-        Chroma query's cost on a large collection (about 10 ms for 30 records at 100k anchors, against 1 ms
-        for the search), so neighbourhoods that recur cost one search.
+        Chroma query's cost on a large collection (about 1 ms a record at 100k anchors, against ~3 ms for
+        the whole search), so neighbourhoods that recur cost one search.
+
+        With ``fill`` and ``models``, records are read nearest first: the nearest ``fill`` of each query,
+        then the rest of its ``k`` only where one of ``models`` has fewer than ``fill`` outcomes among them.
+        Estimators that use each model's ``fill`` nearest outcomes see the same evidence either way; when
+        every model has an outcome on every anchor, a third of the records are read.
         """
         if k < 1:
             msg = f"k must be >= 1, got {k}"
@@ -463,7 +475,21 @@ class AnchorStore:
             ),
             "query anchors",
         )
-        found = self._records_by_id({rid for ids in res["ids"] for rid in ids})
+        hits: list[list[tuple[str, float]]] = [
+            list(zip(ids, dists, strict=True)) for ids, dists in zip(res["ids"], res["distances"], strict=True)
+        ]
+        first = len(max(hits, key=len, default=[])) if fill is None or models is None else max(1, fill)
+        found = self._records_by_id({rid for row in hits for rid, _ in row[:first]})
+        wanted = list(models or ())
+
+        def complete(row: list[tuple[str, float]]) -> bool:
+            outcomes = [found[rid][1] for rid, _ in row[:first] if rid in found]
+            return all(sum(1 for o in outcomes if m in o) >= first for m in wanted)
+
+        cut = [row[:first] if len(row) > first and complete(row) else row for row in hits]
+        rest = {rid for row in cut if len(row) > first for rid, _ in row[first:]} - found.keys()
+        if rest:
+            found |= self._records_by_id(rest)
         return [
             tuple(
                 AnchorRecord(
@@ -472,10 +498,10 @@ class AnchorStore:
                     similarity=max(-1.0, min(1.0, 1.0 - float(dist))),
                     outcomes=found[rid][1],
                 )
-                for rid, dist in zip(ids, dists, strict=True)
+                for rid, dist in row
                 if rid in found  # deleted between the search and the read
             )
-            for ids, dists in zip(res["ids"], res["distances"], strict=True)
+            for row in cut
         ]
 
     def _records_by_id(self, ids: set[str]) -> dict[str, tuple[str, dict[str, AnchorOutcome]]]:

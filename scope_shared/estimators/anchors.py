@@ -74,6 +74,10 @@ class AnchorStatsEstimator(Estimator):
         self.prior = prior
         self.evidence = evidence
 
+    @property
+    def anchors_per_model(self) -> int | None:
+        return self.k
+
     def _predict(
         self, queries: Sequence[QueryContext], models: Sequence[str]
     ) -> list[dict[str, Prediction]]:

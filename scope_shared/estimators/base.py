@@ -94,6 +94,15 @@ class Estimator(ABC):
 
     name: str = "estimator"
 
+    @property
+    def anchors_per_model(self) -> int | None:
+        """The most of each model's nearest anchor outcomes a prediction uses (None: it may use them all).
+
+        The engine reads neighbour records only until every candidate has this many outcomes (see
+        :meth:`AnchorStore.query`); an estimator that reads further down the list must return None.
+        """
+        return None
+
     @abstractmethod
     def _predict(
         self, queries: Sequence[QueryContext], models: Sequence[str]

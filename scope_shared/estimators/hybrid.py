@@ -115,6 +115,11 @@ class HybridEstimator(Estimator):
             for a, s in zip(a_rows, s_rows, strict=True)
         ]
 
+    @property
+    def anchors_per_model(self) -> int | None:
+        parts = (self.anchors.anchors_per_model, self.scope.anchors_per_model)
+        return None if None in parts else max(p for p in parts if p is not None)
+
     def _predict(self, queries: Sequence[QueryContext], models: Sequence[str]) -> list[dict[str, Prediction]]:
         return self._combine(self.anchors._predict(queries, models), self.scope._predict(queries, models))
 
@@ -188,6 +193,11 @@ class GatedEstimator(Estimator):
 
     def __repr__(self) -> str:
         return f"GatedEstimator(anchors={self.anchors!r}, scope={self.scope!r}, margin={self.margin})"
+
+    @property
+    def anchors_per_model(self) -> int | None:
+        parts = (self.anchors.anchors_per_model, self.scope.anchors_per_model)
+        return None if None in parts else max(p for p in parts if p is not None)
 
     def _predict(self, queries: Sequence[QueryContext], models: Sequence[str]) -> list[dict[str, Prediction]]:
         msg = "GatedEstimator compares priced utilities: call estimate()/aestimate() with ModelCards"

@@ -721,6 +721,10 @@ class LearnedEstimator(Estimator):
 
     # -- prediction ----------------------------------------------------------------------------
 
+    @property
+    def anchors_per_model(self) -> int | None:
+        return self.k
+
     def _predict(self, queries: Sequence[QueryContext], models: Sequence[str]) -> list[dict[str, Prediction]]:
         params = self._ensure_fitted(queries)
         out: list[dict[str, Prediction]] = []

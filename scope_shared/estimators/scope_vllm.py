@@ -723,6 +723,10 @@ class ScopeLLMEstimator(Estimator):
 
     # -- the two entry points differ only by `await` ------------------------------------------
 
+    @property
+    def anchors_per_model(self) -> int | None:
+        return self.k
+
     def _predict(self, queries: Sequence[QueryContext], models: Sequence[str]) -> list[dict[str, Prediction]]:
         plan = self._plan(queries, models)
         jobs = list(plan.jobs.values())

@@ -20,6 +20,7 @@ from scope_shared import (
 )
 from scope_shared.errors import EstimatorUnavailableError
 from scope_shared.estimators import AnchorStatsEstimator, Estimator, Prediction, QueryContext
+from scope_shared.estimators.registry import build_estimator
 
 POEM = "write a sonnet poem about the silver moon"
 SUM = "what is 41 plus 42 in arithmetic"
@@ -245,6 +246,7 @@ def test_a_warm_route_is_one_vector_search(store: AnchorStore, cards: list[Model
     store._collection = CountingCollection()
     eng = ScopeEngine(store=store, models=cards, estimator=spy, value_per_correct=1.0)
     eng.route(POEM)
+    eng.route(SUM)
     calls.clear()
     eng.route(SUM)
     assert calls == ["query"]  # statistics and the neighbours' records cached: no other round trip
@@ -256,3 +258,19 @@ def test_a_warm_route_is_one_vector_search(store: AnchorStore, cards: list[Model
     eng.record(Outcome(query="a brand new question about tides", model="big", correct=1.0))
     eng.route(SUM)
     assert seen[-1].anchor_version == store.version != seen[0].anchor_version
+
+
+@pytest.mark.parametrize("name", ["anchors", "learned"])
+def test_reading_fewer_neighbour_records_leaves_estimates_unchanged(
+    name: str, store: AnchorStore, cards: list[ModelCard], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = ScopeEngine(store=store, models=cards, estimator=build_estimator(name, k=3), k=3)
+    queries = ["what is 2 plus 9 in arithmetic", "a sonnet about the moon", "an unrelated question"]
+    partial, _ = engine.contexts(queries)
+    monkeypatch.setattr(engine, "_fill", lambda: None)
+    full, _ = engine.contexts(queries)
+    assert all(len(p.anchors) == 3 < len(f.anchors) for p, f in zip(partial, full, strict=True))
+    for a, b in zip(engine.estimator.estimate(partial, cards), engine.estimator.estimate(full, cards), strict=True):
+        for model in a:
+            assert a[model].p_correct == pytest.approx(b[model].p_correct, abs=1e-12)
+            assert a[model].output_tokens == pytest.approx(b[model].output_tokens, rel=1e-9)

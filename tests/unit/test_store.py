@@ -239,3 +239,22 @@ def test_update_failure_is_store_unavailable_and_readding_recovers(outcomes: lis
 def test_require_anchors_returns_the_count_and_version_counts_outcomes(store: AnchorStore) -> None:
     assert store.require_anchors() == 20
     assert store.version.split(":")[1:] == ["40", "1"]  # 20 anchors x 2 models, one write
+
+
+def test_fill_reads_nearest_records_until_every_model_has_enough() -> None:
+    s = AnchorStore(embedder=HashingEmbedder(), record_cache=0)
+    rows = [Outcome(query=q, model="big", correct=1.0) for q in MATH]
+    rows += [Outcome(query=q, model="new", correct=0.0) for q in MATH[7:]]  # "new" only on a few anchors
+    s.add(rows)
+    probe = s.embed([MATH[0]])
+    [full] = s.query(probe, k=9)
+    spy = spy_on(s)
+    [only_big] = s.query(probe, k=9, fill=3, models=["big"])
+    assert only_big == full[:3]
+    assert [c for c, kw in spy.calls if c == "get"] == ["get"]
+    assert sum(len(kw["ids"]) for c, kw in spy.calls if c == "get") == 3
+    spy.calls.clear()
+    [both] = s.query(probe, k=9, fill=3, models=["big", "new"])  # "new" is short among the nearest 3: read on
+    assert both == full
+    assert sum(len(kw["ids"]) for c, kw in spy.calls if c == "get") == 9
+    assert s.query(probe, k=9, fill=3) == [full]  # no models named: everything is read
