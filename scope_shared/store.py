@@ -4,6 +4,9 @@ One Chroma record per anchor question (its id is a hash of the text, so the same
 Outcomes live in the record's metadata, one key per model and field (``c::<model>`` correctness,
 ``t::<model>`` output tokens), so adding a new model's outcomes merges into existing records in place,
 re-adding an outcome is idempotent, and writers in several processes never overwrite each other's models.
+The question text is the metadata key ``question``, not the Chroma document: Chroma indexes every document
+for full-text search, which halves write throughput and which routing never uses. Stores written before
+keep their questions in the documents; both are read.
 
 The same class runs embedded (a directory), in memory, or against a Chroma server (``chroma run``).
 This is the only module that knows Chroma's API.
@@ -41,6 +44,7 @@ T = TypeVar("T")
 
 CORRECT = "c::"
 TOKENS = "t::"
+QUESTION = "question"
 DEFAULT_COLLECTION = "scope-anchors"
 #: Tokens per character when no anchor records its input tokens (about 4 characters a token in English).
 DEFAULT_TOKENS_PER_CHAR = 0.25
@@ -369,7 +373,7 @@ class AnchorStore:
                 )
                 raise DataError(msg)
             seen[(aid, out.model)] = (i, out)
-            meta = records.setdefault(aid, {"chars": len(out.query)})
+            meta = records.setdefault(aid, {"chars": len(out.query), QUESTION: out.query})
             questions[aid] = out.query
             meta[CORRECT + out.model] = float(out.correct)
             if out.output_tokens is not None:
@@ -398,7 +402,6 @@ class AnchorStore:
                         lambda: col.upsert(
                             ids=fresh,
                             embeddings=np.asarray(vectors, dtype=np.float32),
-                            documents=[questions[rid] for rid in fresh],
                             metadatas=[records[rid] for rid in fresh],
                         ),
                         "write anchors",
@@ -406,7 +409,8 @@ class AnchorStore:
                 if stored:
                     # Metadata only: Chroma merges the keys into the record and leaves its vector in the index.
                     self._guard(
-                        lambda: col.update(ids=stored, metadatas=[records[rid] for rid in stored]), "update anchors"
+                        lambda: col.update(ids=stored, metadatas=[_without_question(records[rid]) for rid in stored]),
+                        "update anchors",
                     )
             finally:  # even a half-written batch: the next read of these anchors goes to the store
                 with self._cache_lock:
@@ -518,7 +522,7 @@ class AnchorStore:
             col = self._col()
             got = self._guard(lambda: col.get(ids=missing, include=["metadatas", "documents"]), "read anchors")
             fresh = {
-                rid: (doc or "", _outcomes(meta or {}))
+                rid: (_question(meta, doc), _outcomes(meta or {}))
                 for rid, meta, doc in zip(got["ids"], got["metadatas"] or [], got["documents"] or [], strict=True)
             }
             found |= fresh
@@ -536,7 +540,9 @@ class AnchorStore:
         col = self._col()
         res = self._guard(lambda: col.get(ids=list(ids), include=["metadatas", "documents"]), "read anchors")
         return {
-            rid: AnchorRecord(anchor_id=rid, question=doc or "", similarity=1.0, outcomes=_outcomes(meta or {}))
+            rid: AnchorRecord(
+                anchor_id=rid, question=_question(meta, doc), similarity=1.0, outcomes=_outcomes(meta or {})
+            )
             for rid, meta, doc in zip(res["ids"], res["metadatas"], res["documents"], strict=True)
         }
 
@@ -749,12 +755,24 @@ def _records(pages: Iterable[Any]) -> tuple[list[AnchorRecord], Matrix, list[flo
         rows = zip(page["ids"] or [], page["metadatas"] or [], page["documents"] or [], embs, strict=True)
         for rid, meta, doc, vec in rows:
             meta = meta or {}
-            records.append(AnchorRecord(anchor_id=rid, question=doc or "", similarity=1.0, outcomes=_outcomes(meta)))
+            records.append(
+                AnchorRecord(anchor_id=rid, question=_question(meta, doc), similarity=1.0, outcomes=_outcomes(meta))
+            )
             vectors.append(np.asarray(vec, dtype=np.float32))
             in_tok = meta.get("in_tok")
             in_tokens.append(float(in_tok) if isinstance(in_tok, int | float) else None)
     matrix = np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
     return records, matrix, in_tokens
+
+
+def _question(meta: Mapping[str, Any] | None, document: str | None) -> str:
+    """An anchor's question: its ``question`` metadata, or the document of a store written before that."""
+    q = (meta or {}).get(QUESTION)
+    return q if isinstance(q, str) else document or ""
+
+
+def _without_question(meta: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in meta.items() if k != QUESTION}
 
 
 def _log_tokens(value: Any) -> float:
