@@ -643,8 +643,11 @@ def tables(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_STARTED = time.perf_counter()
+
+
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    print(f"[{time.perf_counter() - _STARTED:5.0f}s] {msg}", file=sys.stderr, flush=True)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -653,7 +656,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sizes", help="store sizes in anchors (default 1000,10000,100000; --quick: 1000)")
     p.add_argument("--embedders", default="minilm", help="comma-separated: minilm, hashing, or names as_embedder takes")
     p.add_argument("--estimator", default=None, help="estimator name (default: the engine's default)")
-    p.add_argument("--queries", type=int, help="held-out prompts timed per size (default 300; --quick: 40)")
+    p.add_argument("--queries", type=int, help="held-out prompts timed per size (default 150; --quick: 40)")
     p.add_argument("--batch", type=int, help="prompts in the batch (default 256; --quick: 32)")
     p.add_argument("--ingest", type=int, help="unseen prompts ingested per size (default 128; --quick: 16)")
     p.add_argument("--quality-queries", type=int, help="held-out prompts for routed accuracy (default all)")
@@ -675,7 +678,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     quick = args.quick
     args.sizes = [int(s) for s in (args.sizes or ("1000" if quick else "1000,10000,100000")).split(",") if s]
-    args.queries = args.queries or (40 if quick else 300)
+    args.queries = args.queries or (40 if quick else 150)
     args.batch = args.batch or (32 if quick else 256)
     args.ingest = args.ingest or (16 if quick else 128)
     args.quality_queries = args.quality_queries or (100 if quick else None)
