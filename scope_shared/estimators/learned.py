@@ -8,8 +8,10 @@ query itself:
   its overall accuracy (the anchor-statistics estimate);
 - ``difficulty``: how the nearest anchors went for *every* model, as the weighted mean of each anchor's
   mean residual ``correct - model accuracy`` (far less noisy than one model's record on ten anchors);
-- ``text``: a ridge regression of that same anchor difficulty on the query embedding and four length
-  statistics of the query text.
+- ``text``: a ridge regression of each anchor's easiness on the query embedding and length and structure
+  statistics of the query text (:func:`text_stats`). Easiness is the item parameter of a Rasch model
+  ``P(correct) = sigmoid(ability_model + easiness_anchor)`` fitted on all anchor outcomes; unlike a mean
+  residual it is not biased when different models answered different anchors.
 
 ``p_correct = sigmoid(w . features + b)`` with one weight vector shared by all models, so a model added to
 the store later (even with outcomes on a few anchors) is estimated without any training step of its own.
@@ -71,17 +73,53 @@ LENGTH_FEATURES = ("knn_length", "model_length", "length_difficulty", "input_tok
 
 _EPS = 1e-3
 _DIGITS = re.compile(r"\d+")
+_NUMBERS = re.compile(r"\d+(?:\.\d+)?")
+_OPERATORS = re.compile(r"[+\-*/=%]")
+_WORDS = re.compile(r"[a-z]+")
 
 
 def text_stats(query: str, *, tail_chars: int = 1000) -> list[float]:
-    """Length statistics of a query: log characters, log words of its tail, digit runs and lines of its tail."""
+    """Length and structure statistics of a query (all but the first read only its tail).
+
+    Log characters, log words, digit runs, lines, numbers, arithmetic operators, parentheses, distinct
+    words, function definitions, indented lines and sentences, each on a scale of about 0..1.
+    """
     tail = query[-tail_chars:]
     return [
         math.log1p(len(query)),
         math.log1p(len(tail.split())),
         len(_DIGITS.findall(tail)) / 50.0,
         tail.count("\n") / 20.0,
+        len(_NUMBERS.findall(tail)) / 10.0,
+        len(_OPERATORS.findall(tail)) / 20.0,
+        tail.count("(") / 10.0,
+        len(set(_WORDS.findall(tail.lower()))) / 100.0,
+        float(tail.count("def ")),
+        tail.count("    ") / 10.0,
+        len(tail.split(".")) / 10.0,
     ]
+
+
+def _rasch_easiness(correct: FloatArray, *, iters: int = 30, l2: float = 0.1) -> FloatArray:
+    """Item easiness of a Rasch model ``P = sigmoid(ability_model + easiness_item)`` (nan: missing outcome).
+
+    Alternating Newton steps on the items (with an L2 penalty, so that items every model got right or wrong
+    stay finite) and on the models; rows without outcomes get 0.
+    """
+    has = ~np.isnan(correct)
+    y = np.nan_to_num(correct)
+    counts = has.sum(axis=0)
+    ability = _logit(np.where(counts > 0, y.sum(axis=0) / np.maximum(counts, 1), 0.5))
+    easy = np.zeros(correct.shape[0])
+    for _ in range(iters):
+        p = _sigmoid(ability[None, :] + easy[:, None])
+        grad = ((y - p) * has).sum(axis=1) - l2 * easy
+        easy = np.clip(easy + grad / ((p * (1 - p) * has).sum(axis=1) + l2), -10.0, 10.0)
+        p = _sigmoid(ability[None, :] + easy[:, None])
+        grad = ((y - p) * has).sum(axis=0) - 1e-3 * ability
+        ability = np.clip(ability + grad / ((p * (1 - p) * has).sum(axis=0) + 1e-3), -10.0, 10.0)
+    out: FloatArray = easy
+    return out
 
 
 def _logit(p: FloatArray) -> FloatArray:
@@ -253,7 +291,7 @@ def _ece(p: FloatArray, y: FloatArray, bins: int = 10) -> float:
     return total / max(len(p), 1)
 
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 _ARRAYS = ("coef", "coef_no_text", "length_coef", "ridge_w", "ridge_mu")
 
 
@@ -525,12 +563,11 @@ class LearnedEstimator(Estimator):
             nbrs[start : start + len(rows)] = np.take_along_axis(part, order, axis=1)
             sims[start : start + len(rows)] = np.take_along_axis(ps, order, axis=1)
 
-        # Text difficulty: ridge of each anchor's mean residual on [embedding, text statistics].
+        # Text difficulty: ridge of each anchor's Rasch easiness on [embedding, text statistics].
         stats = np.array([text_stats(a.question, tail_chars=self.tail_chars) for a in anchors])
         x_text = np.hstack([emb, stats])
-        resid = correct - p_all[None, :]
         r_count = has.sum(axis=1)
-        target = np.where(r_count > 0, np.nansum(resid, axis=1) / np.maximum(r_count, 1), np.nan)
+        target = np.where(r_count > 0, _rasch_easiness(correct), np.nan)
         valid = np.flatnonzero(~np.isnan(target))
         text_oof = np.zeros(n)
         folds = np.array_split(rng.permutation(valid), 5)
