@@ -605,9 +605,9 @@ def tables(report: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     res = [
-        "| embedder | anchors | build outcomes/s (synthetic) | ingest outcomes/s (real embedding) | open s "
+        "| embedder | anchors | build outcomes/s (synthetic) | ingest outcomes/s (real embedding) | import s | open s "
         "| embedder load s | first route s | route p50 ms (fresh) | peak RSS MB | first decision s (in-process) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for emb, er in report["embedders"].items():
         for size, r in er["sizes"].items():
@@ -621,10 +621,11 @@ def tables(report: dict[str, Any]) -> str:
             )
             o = r["open"]
             if "error" in o:
-                opened = f"error: {o['error']} | | | | "
+                opened = f"error: {o['error']} | | | | | "
             else:
                 opened = (
-                    f"{o['open_s']:.2f} | {o['embedder_load_s']:.2f} | {o['first_route_s']:.2f} | "
+                    f"{o['import_s']:.2f} | {o['open_s']:.2f} | {o['embedder_load_s']:.2f} | "
+                    f"{o['first_route_s']:.2f} | "
                     f"{o['route_p50_ms']:.1f} | {o['peak_rss_mb']:.0f}"
                 )
             res.append(
