@@ -352,7 +352,6 @@ class AnchorStore:
         from scope_shared.data import outcome_from_row
 
         records: dict[str, dict[str, Any]] = {}
-        questions: dict[str, str] = {}
         seen: dict[tuple[str, str], tuple[int, Outcome]] = {}
         for i, item in enumerate(chunk):
             where = f"row {offset + i}"
@@ -374,7 +373,6 @@ class AnchorStore:
                 raise DataError(msg)
             seen[(aid, out.model)] = (i, out)
             meta = records.setdefault(aid, {"chars": len(out.query), QUESTION: out.query})
-            questions[aid] = out.query
             meta[CORRECT + out.model] = float(out.correct)
             if out.output_tokens is not None:
                 meta[TOKENS + out.model] = int(out.output_tokens)
@@ -397,7 +395,7 @@ class AnchorStore:
             stored = [rid for rid in ids if rid in known]
             try:
                 if fresh:
-                    vectors = self.embed([questions[rid] for rid in fresh])
+                    vectors = self.embed([records[rid][QUESTION] for rid in fresh])
                     self._guard(
                         lambda: col.upsert(
                             ids=fresh,
