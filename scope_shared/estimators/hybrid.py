@@ -48,6 +48,12 @@ GATE_ESCALATED = "gated: escalated"
 GATE_ANCHORS = "gated: anchors decided"
 
 
+def _most_anchors(*parts: Estimator) -> int | None:
+    """The most anchors per model any part uses (None if one of them may use them all)."""
+    counts = [p.anchors_per_model for p in parts]
+    return None if None in counts else max(c for c in counts if c is not None)
+
+
 def combine_predictions(anchor: Prediction, scope: Prediction, anchor_weight: float) -> Prediction:
     """Blend two predictions: probabilities linearly, lengths geometrically (in ``log1p`` space).
 
@@ -117,8 +123,7 @@ class HybridEstimator(Estimator):
 
     @property
     def anchors_per_model(self) -> int | None:
-        parts = (self.anchors.anchors_per_model, self.scope.anchors_per_model)
-        return None if None in parts else max(p for p in parts if p is not None)
+        return _most_anchors(self.anchors, self.scope)
 
     def _predict(self, queries: Sequence[QueryContext], models: Sequence[str]) -> list[dict[str, Prediction]]:
         return self._combine(self.anchors._predict(queries, models), self.scope._predict(queries, models))
@@ -196,8 +201,7 @@ class GatedEstimator(Estimator):
 
     @property
     def anchors_per_model(self) -> int | None:
-        parts = (self.anchors.anchors_per_model, self.scope.anchors_per_model)
-        return None if None in parts else max(p for p in parts if p is not None)
+        return _most_anchors(self.anchors, self.scope)
 
     def _predict(self, queries: Sequence[QueryContext], models: Sequence[str]) -> list[dict[str, Prediction]]:
         msg = "GatedEstimator compares priced utilities: call estimate()/aestimate() with ModelCards"
