@@ -35,11 +35,12 @@ def main(spec_path: str) -> dict[str, float | int | str]:
     t0 = time.perf_counter()
     import chromadb  # noqa: F401  (the store imports it lazily; counted here as start-up, not as opening)
 
-    from benchmarks.scale import make_embedder, make_engine
+    from benchmarks.scale import make_engine
     from scope_shared import AnchorStore, ModelCard
+    from scope_shared.embeddings import embedder_named
 
     t_import = time.perf_counter()
-    store = AnchorStore(path=spec["path"], collection=spec["collection"], embedder=make_embedder(spec["embedder"]))
+    store = AnchorStore(path=spec["path"], collection=spec["collection"], embedder=embedder_named(spec["embedder"]))
     cards = [ModelCard(**c) for c in spec["models"]]
     engine = make_engine(store, cards, spec["estimator"], k=spec["k"], value=spec["value"])
     anchors = store.count()

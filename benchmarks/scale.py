@@ -77,11 +77,6 @@ RECORDS_INCLUDE: Any = ["metadatas"]
 # -- embedders ------------------------------------------------------------------------------------
 
 
-def make_embedder(name: str) -> Embedder:
-    """An embedder by name: a built-in one (:data:`~scope_shared.embeddings.EMBEDDERS`)."""
-    return embedder_named(name)
-
-
 def make_engine(
     store: AnchorStore, cards: Sequence[ModelCard], estimator: str | None, *, k: int, value: float | None
 ) -> ScopeEngine:
@@ -463,7 +458,7 @@ def run_embedder(
     args: argparse.Namespace, data: Data, name: str, queries: dict[str, list[str]], workdir: Path
 ) -> dict[str, Any]:
     _log(f"embedder {name}")
-    inst = Instances(name, make_embedder(name), make_embedder(name), make_embedder(name))
+    inst = Instances(name, embedder_named(name), embedder_named(name), embedder_named(name))
     for e in (inst.engine, inst.floor, inst.peer):
         e.embed(["load the embedding model"])
     out: dict[str, Any] = {"embedder": inst.engine.name}
