@@ -579,7 +579,7 @@ class CachedEmbedder:
             with self._lock:
                 for t, v in zip(missing, fresh, strict=True):
                     found[t] = v
-                    self._cache[t] = v
+                    self._cache[t] = np.array(v, dtype=np.float32)  # a copy: a row must not pin its batch
                 while len(self._cache) > self._maxsize:
                     self._cache.popitem(last=False)
         if not texts:

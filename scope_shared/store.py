@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import SecretStr
 
-from scope_shared.embeddings import Embedder, Matrix, as_embedder
+from scope_shared.embeddings import CachedEmbedder, Embedder, Matrix, as_embedder
 from scope_shared.errors import ConfigError, DataError, EmptyStoreError, StoreUnavailableError
 from scope_shared.estimators.base import AnchorOutcome, AnchorRecord, ModelStats
 from scope_shared.types import Outcome
@@ -153,6 +153,9 @@ class AnchorStore:
             put the question last, often after shared instructions or few-shot examples, and small
             sentence encoders read only their first ~256 word pieces; embedding the tail keeps the part
             that tells questions apart. Stored with the collection: anchors and queries use the same.
+        embed_cache: recent texts whose vectors are kept in memory (0 turns it off). Recording the
+            outcome of a routed call reuses the vector its routing computed instead of embedding the
+            prompt again, and repeated prompts are embedded once.
     """
 
     def __init__(
@@ -171,14 +174,16 @@ class AnchorStore:
         stats_ttl: float = 60.0,
         record_cache: int = 20_000,
         embed_tail_chars: int | None = 1000,
+        embed_cache: int = 1024,
     ) -> None:
         chosen = [name for name, v in (("path", path), ("host", host), ("client", client)) if v]
         if len(chosen) > 1:
             msg = f"choose one backend; got {chosen} (path=embedded, host=server, client=your own)"
             raise ConfigError(msg)
-        if record_cache < 0:
-            msg = f"record_cache must be >= 0, got {record_cache}"
-            raise ConfigError(msg)
+        for name, value in (("record_cache", record_cache), ("embed_cache", embed_cache)):
+            if value < 0:
+                msg = f"{name} must be >= 0, got {value}"
+                raise ConfigError(msg)
         if batch_size < 1:
             msg = f"batch_size must be >= 1, got {batch_size}"
             raise ConfigError(msg)
@@ -197,6 +202,7 @@ class AnchorStore:
         self._client = client
         self._backend = "http" if host else "persistent" if path else "client" if client else "memory"
         self._embedder = as_embedder(embedder)
+        self._embed: Embedder = CachedEmbedder(self._embedder, maxsize=embed_cache) if embed_cache else self._embedder
         if collection is None:
             in_memory = not (path or host or client)
             collection = f"scope-mem-{uuid.uuid4().hex[:12]}" if in_memory else DEFAULT_COLLECTION
@@ -353,6 +359,8 @@ class AnchorStore:
 
         records: dict[str, dict[str, Any]] = {}
         seen: dict[tuple[str, str], tuple[int, Outcome]] = {}
+        names: set[str] = set()  # model names already checked in this batch
+        id_of: dict[str, str] = {}  # query text -> anchor id, hashed once per batch
         for i, item in enumerate(chunk):
             where = f"row {offset + i}"
             if isinstance(item, Outcome):
@@ -362,8 +370,10 @@ class AnchorStore:
             else:
                 msg = f"{where}: expected an Outcome or a mapping, got {type(item).__name__}"
                 raise DataError(msg)
-            _check_model_name(out.model, where)
-            aid = anchor_id(out.query)
+            if out.model not in names:
+                _check_model_name(out.model, where)
+                names.add(out.model)
+            aid = id_of.get(out.query) or id_of.setdefault(out.query, anchor_id(out.query))
             prev = seen.get((aid, out.model))
             if prev is not None and _fields(prev[1]) != _fields(out):
                 msg = (
@@ -442,7 +452,7 @@ class AnchorStore:
         """Embed texts as the store does (its embedder, over each text's last ``embed_tail_chars``)."""
         if self._tail:
             texts = [t[-self._tail :] for t in texts]
-        return self._embedder.embed(texts)
+        return self._embed.embed(texts)
 
     def query(
         self,

@@ -140,6 +140,29 @@ def test_record_writes_back_and_settles(store: AnchorStore, cards: list[ModelCar
         eng.record(Outcome(query=q, model="other", correct=1.0))
 
 
+def test_recording_a_routed_call_reuses_its_embedding(outcomes: list[Outcome], cards: list[ModelCard]) -> None:
+    class Counting(HashingEmbedder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.texts: list[str] = []
+
+        def embed(self, texts):  # type: ignore[no-untyped-def]
+            self.texts.extend(texts)
+            return super().embed(texts)
+
+    for cache, expected in ((1024, 1), (0, 2)):
+        emb = Counting()
+        store = AnchorStore(embedder=emb, embed_cache=cache)
+        store.add(outcomes)
+        eng = ScopeEngine(store=store, models=cards)
+        q = "compose a haiku about rain on the harbour"
+        d = eng.route(q)
+        eng.record(Outcome(query=q, model=d.model, correct=1.0, output_tokens=40), decision=d)
+        assert emb.texts.count(q) == expected, cache
+        [[hit, *_]] = store.query(HashingEmbedder().embed([q]), k=1)
+        assert hit.question == q and hit.similarity == pytest.approx(1.0)  # stored under the same vector
+
+
 def test_async_matches_sync(store: AnchorStore, cards: list[ModelCard]) -> None:
     eng = ScopeEngine(store=store, models=cards, value_per_correct=1.0)
     sync = eng.route_batch([POEM, SUM], reserve=False)

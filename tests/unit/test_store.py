@@ -136,6 +136,8 @@ def test_backend_choice_is_validated() -> None:
         AnchorStore(path="x", host="localhost")
     with pytest.raises(ConfigError, match="port"):
         AnchorStore(host="localhost", port=0)
+    with pytest.raises(ConfigError, match="embed_cache must be >= 0"):
+        AnchorStore(embed_cache=-1)
 
 
 def test_secrets_not_in_repr() -> None:
