@@ -1,38 +1,43 @@
 """Scale benchmark: decision latency, batch and ingest throughput, open time and memory at 1k-100k anchors.
 
-For each embedder and each store size, in one run:
+For each embedder, one persistent store is grown through the sizes (1k, then 10k, then 100k anchors), and
+at each size, in one run:
 
 - **decision**: ``ScopeEngine.route(query)`` on held-out routerbench-zs prompts, each paying its own
   embedding, against the **floor** on the same prompts (``AnchorStore.embed([q])`` plus one raw Chroma
   query for as many neighbours as the engine retrieves, fetching only metadatas and distances) and the
   **peer** (semantic-router's route call over the same encoder and anchors; see :mod:`benchmarks.peer`).
-  The three run interleaved query by query, in rotating order, each with its own embedder instance, so
-  load drifts hit all alike and no one's cache serves another. Ratios to the floor are machine-independent.
+  The three run interleaved query by query, in rotating order, each with its own embedder instance and no
+  embedding cache, so load drifts hit all alike and every call embeds its prompt. Ratios to the floor are
+  machine-independent.
 - **batch**: ``ScopeEngine.route_batch`` of 256 prompts against the batched floor (one embedding call and
   one Chroma query of 256).
 - **ingest**: ``AnchorStore.add`` of unseen prompts' outcomes (10 models each) into the store, with real
-  embedding; plus the same for the first 256 base anchors into a fresh store.
-- **open**: a fresh process opens the persistent store, routes ~50 prompts, and reports open time, time to
-  the first decision and peak RSS (:mod:`benchmarks.open_probe`).
-- **quality**: routed accuracy (value per correct unset: the likeliest-correct model) on the held-out
-  prompts over the real base anchors, for comparing embedders (and the peer).
+  embedding (new prompts at each size); before the sizes, the same for the ``--base`` real anchors into a
+  fresh store.
+- **record after route**: route an unseen prompt, then ``ScopeEngine.record`` the chosen model's outcome,
+  as the LangChain and LlamaIndex handlers do; the record reuses the route's vector (the store's
+  ``embed_cache``), so it times the write.
+- **open**: a fresh process opens the persistent store, routes ``--probe-queries`` prompts, and reports
+  start-up, open time, time to the first decision and peak RSS (:mod:`benchmarks.open_probe`).
+- **quality** (``--quality``): routed accuracy (value per correct unset: the likeliest-correct model) on
+  the held-out prompts over the real base anchors, for comparing embedders (and the peer). The issue's
+  quality bar is measured by :mod:`benchmarks.embedders_table`.
 
-Stores beyond the real anchors are built from copies: each base anchor (embedded once with the real
-embedder) is repeated with a suffix ``[copy i.j]`` whose vector is the base vector plus small deterministic
-noise, renormalised (cosine ~0.96 to the base), and whose outcomes are the base anchor's with a few flipped.
-The base vectors are kept in ``out/bench-cache/`` between runs (``--no-cache`` embeds them again); every
-timed figure embeds for real.
+Stores beyond the ``--base`` real anchors hold copies: each base anchor (its real vector from the timed
+base ingest) is repeated with a suffix ``[copy i.j]`` whose vector is the base vector plus small
+deterministic noise, renormalised (cosine ~0.96 to the base), and whose outcomes are the base anchor's with
+``--flip`` of them flipped. Every timed figure embeds for real.
 
     python -m benchmarks                                  # minilm at 1k, 10k, 100k; out/bench.json
     python -m benchmarks --sizes 1000 --quick             # smoke run
-    python -m benchmarks --embedders minilm,hashing --estimator learned
+    python -m benchmarks --embedders minilm,minilm-static --quality
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
-import hashlib
 import json
 import math
 import os
@@ -61,7 +66,7 @@ from scope_shared import (
     load_outcomes,
     load_prices,
 )
-from scope_shared.embeddings import CachedEmbedder, Matrix, embedder_named
+from scope_shared.embeddings import Matrix, embedder_named
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "routerbench-zs"
@@ -91,33 +96,39 @@ def make_engine(
 
 
 class PerturbedEmbedder:
-    """Copies ``... [copy i.j]`` get base vector ``i`` plus deterministic noise; other texts the real embedder."""
+    """Copies ``... [copy i.j]`` get base vector ``i`` plus deterministic noise; other texts the real embedder.
+
+    The noise of copy ``(i, j)`` is row ``(7919 i + 104729 j) mod 4096`` of a seeded Gaussian bank, so the
+    copies of one base anchor all differ (for ``j < 4096``) and a copy's vector is the same in every store.
+    """
+
+    BANK = 4096
 
     def __init__(self, inner: Embedder, base: Matrix, *, noise: float = 0.3, seed: int = 0) -> None:
         self.inner = inner
         self.base = base
-        self.sigma = noise / math.sqrt(base.shape[1])
-        self.seed = seed
+        dim = base.shape[1]
+        self.bank = np.random.default_rng(seed).normal(0.0, noise / math.sqrt(dim), (self.BANK, dim))
 
     @property
     def name(self) -> str:
         return self.inner.name
 
-    def vector(self, i: int, j: int) -> Any:
-        if j == 0:
-            return self.base[i]
-        v = self.base[i] + np.random.default_rng((self.seed, i, j)).normal(0.0, self.sigma, self.base.shape[1])
-        return v / np.linalg.norm(v)
-
     def embed(self, texts: Sequence[str]) -> Matrix:
         out = np.empty((len(texts), self.base.shape[1]), dtype=np.float32)
-        real = []
+        rows, ii, jj, real = [], [], [], []
         for row, text in enumerate(texts):
             m = COPY.search(text)
             if m:
-                out[row] = self.vector(int(m[1]), int(m[2]))
+                rows.append(row)
+                ii.append(int(m[1]))
+                jj.append(int(m[2]))
             else:
                 real.append(row)
+        if rows:
+            i, j = np.asarray(ii), np.asarray(jj)
+            v = self.base[i] + np.where((j > 0)[:, None], self.bank[(7919 * i + 104729 * j) % self.BANK], 0.0)
+            out[rows] = v / np.linalg.norm(v, axis=1, keepdims=True)
         if real:
             out[real] = self.inner.embed([texts[r] for r in real])
         return out
@@ -161,47 +172,30 @@ def copy_text(data: Data, i: int, j: int) -> str:
     return f"{data.base[i][0].query}\n[copy {i}.{j}]"
 
 
-def base_vectors_cached(cache_dir: Path | None, store: AnchorStore, texts: list[str]) -> tuple[Matrix, str]:
-    """``store.embed(texts)``, kept in ``cache_dir`` between runs (keyed by embedder, texts and tail length)."""
-    if cache_dir is None:
-        return store.embed(texts), "embedded (no cache)"
-    probe = store.embed(["".join(f"{i} probe " for i in range(600))])  # changes with the embedder and its tail
-    digest = hashlib.sha256(store.embedder.name.encode() + probe.tobytes())
-    for t in texts:
-        digest.update(t.encode("utf-8", "surrogatepass") + b"\x00")
-    path = cache_dir / f"base-vectors-{digest.hexdigest()[:20]}.npy"
-    if path.exists():
-        vectors: Matrix = np.load(path)
-        if vectors.shape[0] == len(texts):
-            return vectors, f"read from {path}"
-    vectors = store.embed(texts)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    np.save(path, vectors)
-    return vectors, f"embedded, saved to {path}"
-
-
-def copies(data: Data, n_base: int, n: int, *, flip: float, seed: int, chunk: int) -> Iterator[list[Outcome]]:
-    """The outcomes of anchors ``0..n-1``: anchor ``a`` is copy ``a // n_base`` of base anchor ``a % n_base``."""
-    out: list[Outcome] = []
-    for a in range(n):
-        i, j = a % n_base, a // n_base
-        rows = data.base[i]
-        flips = np.random.default_rng((seed, i, j, 1)).random(len(rows)) < flip if j else np.zeros(len(rows), bool)
-        text = copy_text(data, i, j)
-        for o, f in zip(rows, flips, strict=True):
-            out.append(
-                o.model_copy(
-                    update={
-                        "query": text,
-                        "correct": 1.0 - o.correct if f else o.correct,
-                        "query_id": f"{o.query_id}#{j}" if o.query_id else None,
-                    }
+def copies(
+    data: Data, n_base: int, start: int, stop: int, *, flip: float, seed: int, chunk: int
+) -> Iterator[list[Outcome]]:
+    """The outcomes of anchors ``start..stop-1`` in chunks of ``chunk`` anchors: anchor ``a`` is copy
+    ``a // n_base`` of base anchor ``a % n_base``, with a ``flip`` share of its outcomes flipped (none in
+    copy 0). The flips of a chunk come from a generator seeded with its first anchor."""
+    for lo in range(start, stop, chunk):
+        hi = min(stop, lo + chunk)
+        flips = np.random.default_rng((seed, lo)).random((hi - lo, N_MODELS)) < flip
+        out: list[Outcome] = []
+        for a in range(lo, hi):
+            i, j = a % n_base, a // n_base
+            text = copy_text(data, i, j)
+            for o, f in zip(data.base[i], flips[a - lo], strict=False):
+                flipped = bool(f and j)
+                out.append(
+                    o.model_copy(
+                        update={
+                            "query": text,
+                            "correct": 1.0 - o.correct if flipped else o.correct,
+                            "query_id": f"{o.query_id}#{j}" if o.query_id else None,
+                        }
+                    )
                 )
-            )
-        if (a + 1) % chunk == 0:
-            yield out
-            out = []
-    if out:
         yield out
 
 
@@ -294,30 +288,28 @@ def run_size(
     args: argparse.Namespace,
     data: Data,
     inst: Instances,
+    grown: tuple[Any, AnchorStore, Path],
     base_vectors: Matrix,
-    n_base: int,
-    size: int,
-    workdir: Path,
+    sizes: tuple[int, int],
     queries: dict[str, list[str]],
+    step: int,
     labels: list[str],
     profile: bool,
 ) -> dict[str, Any]:
-    import chromadb
-    from chromadb.config import Settings
-
-    path = workdir / f"store-{size}"
-    client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
-    store = AnchorStore(client=client, collection=COLLECTION, embedder=PerturbedEmbedder(inst.engine, base_vectors))
+    """Grow the store from ``sizes[0]`` to ``sizes[1]`` anchors, then time everything at that size."""
+    client, store, path = grown
+    built, size = sizes
+    n_base = len(base_vectors)
     res: dict[str, Any] = {"anchors": size, "models": len(data.cards), "copies_per_base": math.ceil(size / n_base)}
 
-    chunk = 1000
     t0 = time.perf_counter()
     written = 0
-    for outs in copies(data, n_base, size, flip=args.flip, seed=args.seed, chunk=chunk):
+    for outs in copies(data, n_base, built, size, flip=args.flip, seed=args.seed, chunk=1000):
         store.add(outs, batch_size=len(outs), progress=False)
         written += len(outs)
     build_s = time.perf_counter() - t0
     res["build"] = {
+        "anchors_added": size - built,
         "outcomes": written,
         "seconds": round(build_s, 2),
         "outcomes_per_s": round(written / build_s),
@@ -327,7 +319,7 @@ def run_size(
     prepared = make_engine(store, data.cards, args.estimator, k=args.k, value=args.value).estimator
     fit = getattr(prepared, "fit", None)
     res["build"]["estimator_fit_s"] = round(timed(lambda: fit(store))[0], 2) if fit is not None else None
-    _log(f"  built {size} anchors in {build_s:.1f}s (estimator fit {res['build']['estimator_fit_s']}s)")
+    _log(f"  grew to {size} anchors in {build_s:.1f}s (estimator fit {res['build']['estimator_fit_s']}s)")
 
     res["open"] = probe(args, path, inst.name, data.cards, queries["probe"])
     _log(f"  fresh process: {res['open']}")
@@ -336,8 +328,11 @@ def run_size(
     res["estimator"] = engine.estimator.name
     rk = retrieve_k(engine)
     col = client.get_collection(COLLECTION)
-    floor_store = AnchorStore(client=client, collection=COLLECTION, embedder=inst.floor)
-    peer_store = AnchorStore(client=client, collection=COLLECTION, embedder=PerturbedEmbedder(inst.peer, base_vectors))
+    # No embedding caches on the timed paths: every decision and every floor call embeds its prompt.
+    floor_store = AnchorStore(client=client, collection=COLLECTION, embedder=inst.floor, embed_cache=0)
+    peer_store = AnchorStore(
+        client=client, collection=COLLECTION, embedder=PerturbedEmbedder(inst.peer, base_vectors), embed_cache=0
+    )
     texts = [copy_text(data, a % n_base, a // n_base) for a in range(size)]
     peer = build_peer(peer_store.embed, texts, [labels[a % n_base] for a in range(size)], top_k=rk)
     del texts
@@ -407,16 +402,26 @@ def run_size(
     }
     _log(f"  batch {res['batch']}")
 
-    new = [o for q in queries["ingest"] for o in data.test[q].values()]
+    ingest = queries[f"ingest{step}"]
+    new = [o for q in ingest for o in data.test[q].values()]
     ingest_s = timed(lambda: store.add(new, progress=False))[0]
     res["ingest"] = {
         "outcomes": len(new),
-        "anchors": len(queries["ingest"]),
+        "anchors": len(ingest),
         "seconds": round(ingest_s, 3),
         "outcomes_per_s": round(len(new) / ingest_s, 1),
         "embedding": "real, unseen prompts",
     }
     _log(f"  ingest {res['ingest']}")
+
+    # Write-back as the callback handlers do it: route a prompt, then record the chosen model's outcome.
+    # The store's embedding cache (on by default) gives the record the vector the route computed.
+    writer = AnchorStore(client=client, collection=COLLECTION, embedder=PerturbedEmbedder(inst.engine, base_vectors))
+    routed = make_engine(writer, data.cards, args.estimator, k=args.k, value=args.value)
+    decisions = [(q, routed.route(q)) for q in queries[f"record{step}"]]
+    record_times = [timed(lambda q=q, d=d: routed.record(data.test[q][d.model], decision=d))[0] for q, d in decisions]
+    res["record"] = {**ms_summary(record_times), "embedding": "reused from the route (AnchorStore embed_cache)"}
+    _log(f"  record after route {res['record']}")
     return res
 
 
@@ -466,59 +471,60 @@ def run_embedder(
     import chromadb
     from chromadb.config import Settings
 
-    n_base = min(len(data.base), max(args.sizes))
-    n_ingest = min(n_base, args.ingest_base)
-    client = chromadb.PersistentClient(path=str(workdir / "ingest"), settings=Settings(anonymized_telemetry=False))
-    # Timed with real embedding (the cache starts empty); the base vectors below then reuse these 256.
-    ingest_store = AnchorStore(
-        client=client, collection=COLLECTION, embedder=CachedEmbedder(inst.engine, maxsize=n_base)
+    n_base = min(len(data.base), args.base, max(args.sizes))
+    client = chromadb.PersistentClient(path=str(workdir / "base"), settings=Settings(anonymized_telemetry=False))
+    # Timed with real embedding (the store's embedding cache starts empty); the cache then hands these
+    # vectors on as the copies' base vectors, and (--quality) the routed prompts' vectors on to the peer.
+    base_store = AnchorStore(
+        client=client,
+        collection=COLLECTION,
+        embedder=inst.engine,
+        embed_cache=n_base + (len(queries["quality"]) if args.quality else 0),
     )
-    outcomes = [o for rows in data.base[:n_ingest] for o in rows]
-    ingest_s = timed(lambda: ingest_store.add(outcomes, progress=False))[0]
+    outcomes = [o for rows in data.base[:n_base] for o in rows]
+    ingest_s = timed(lambda: base_store.add(outcomes, progress=False))[0]
     out["ingest_base"] = {
         "outcomes": len(outcomes),
-        "anchors": n_ingest,
+        "anchors": n_base,
         "seconds": round(ingest_s, 2),
         "outcomes_per_s": round(len(outcomes) / ingest_s, 1),
         "embedding": "real, into a fresh store, default batch size",
     }
     _log(f"  base ingest {out['ingest_base']}")
-    base_texts = [rows[0].query for rows in data.base[:n_base]]
-    base_vectors, out["base_vectors"] = base_vectors_cached(args.cache_dir, ingest_store, base_texts)
-    _log(f"  base vectors: {out['base_vectors']}")
-
-    # The real anchors, for routing quality: copy 0 of each base anchor carries its real vector.
-    client = chromadb.PersistentClient(path=str(workdir / "base"), settings=Settings(anonymized_telemetry=False))
-    # Not timed: the peer's per-query embeddings come from the cache the engine's batch fills.
-    cached = CachedEmbedder(PerturbedEmbedder(inst.engine, base_vectors), maxsize=n_base + len(queries["quality"]))
-    base_store = AnchorStore(client=client, collection=COLLECTION, embedder=cached)
-    for outs in copies(data, n_base, n_base, flip=0.0, seed=args.seed, chunk=1000):
-        base_store.add(outs, batch_size=len(outs), progress=False)
+    base_vectors = base_store.embed([rows[0].query for rows in data.base[:n_base]])
 
     overall = {
         c.name: float(np.mean([o.correct for rows in data.base[:n_base] for o in rows if o.model == c.name]))
         for c in data.cards
     }
     labels = labels_for([{o.model: o.correct for o in rows} for rows in data.base[:n_base]], overall)
-    marked = [copy_text(data, i, 0) for i in range(n_base)]
-    out["quality"] = quality(args, data, base_store, queries["quality"], labels, marked)
-    _log(f"  quality {out['quality']}")
+    if args.quality:
+        texts = [rows[0].query for rows in data.base[:n_base]]
+        out["quality"] = quality(args, data, base_store, queries["quality"], labels, texts)
+        _log(f"  quality {out['quality']}")
 
+    path = workdir / "store"
+    client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+    store = AnchorStore(
+        client=client, collection=COLLECTION, embedder=PerturbedEmbedder(inst.engine, base_vectors), embed_cache=0
+    )
     out["sizes"] = {}
-    for size in args.sizes:
+    built = 0
+    for step, size in enumerate(args.sizes):
         _log(f" size {size}")
         out["sizes"][str(size)] = run_size(
             args,
             data,
             inst,
+            (client, store, path),
             base_vectors,
-            n_base,
-            size,
-            workdir / str(size),
+            (built, size),
             queries,
+            step,
             labels,
             profile=args.profile and size == max(args.sizes),
         )
+        built = size
         partial = args.out.with_suffix(".partial.json")
         partial.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
@@ -583,11 +589,12 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
             ref = report["embedders"][minilm]
             floor = ref["sizes"][largest]["floor"]["p50_ms"]
             share = r["decision"]["p50_ms"] / floor
-            gap = ref["quality"]["routed_accuracy"] - er["quality"]["routed_accuracy"]
             t["stretch_p50_le_0.2x_minilm_floor"] = [round(share, 3), share <= 0.2]
-            # Routed accuracy on routerbench-zs only; the issue's quality bar (AUROC within model and AIQ on
-            # both datasets) is measured by `python -m benchmarks.embedders_table`.
-            t["routed_accuracy_within_0.01_of_minilm_routerbench_only"] = [round(gap, 4), gap <= 0.01]
+            if "quality" in ref and "quality" in er:
+                gap = ref["quality"]["routed_accuracy"] - er["quality"]["routed_accuracy"]
+                # Routed accuracy on routerbench-zs only; the issue's quality bar (AUROC within model and AIQ
+                # on both datasets) is measured by `python -m benchmarks.embedders_table`.
+                t["routed_accuracy_within_0.01_of_minilm_routerbench_only"] = [round(gap, 4), gap <= 0.01]
         out[emb] = t
     return out
 
@@ -600,9 +607,10 @@ def tables(report: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     res = [
-        "| embedder | anchors | build outcomes/s (synthetic) | ingest outcomes/s (real embedding) | import s | open s "
+        "| embedder | anchors | build outcomes/s (synthetic) | ingest outcomes/s (real embedding) "
+        "| record after route p50 ms | import s | open s "
         "| embedder load s | first route s | route p50 ms (fresh) | peak RSS MB | first decision s (in-process) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for emb, er in report["embedders"].items():
         for size, r in er["sizes"].items():
@@ -625,17 +633,23 @@ def tables(report: dict[str, Any]) -> str:
                 )
             res.append(
                 f"| {emb} | {int(size):,} | {r['build']['outcomes_per_s']:,} | {r['ingest']['outcomes_per_s']:,.0f} | "
-                f"{opened} | {r['first_decision_s']:.2f} |"
+                f"{r['record']['p50_ms']:.1f} | {opened} | {r['first_decision_s']:.2f} |"
             )
     lines = [*lat, "", *res, ""]
     for emb, er in report["embedders"].items():
-        q, ib = er["quality"], er["ingest_base"]
-        peer_q = f", peer {q['peer_routed_accuracy']:.4f}" if "peer_routed_accuracy" in q else ""
+        ib = er["ingest_base"]
         lines.append(
-            f"- {emb}: routed accuracy {q['routed_accuracy']:.4f} on {q['queries']} held-out prompts over "
-            f"{q['anchors']} real anchors (best single {q['best_single']} {q['best_single_accuracy']:.4f}{peer_q}); "
-            f"base ingest {ib['outcomes_per_s']:,.0f} outcomes/s ({ib['outcomes']} outcomes, real embedding)"
+            f"- {emb}: base ingest {ib['outcomes_per_s']:,.0f} outcomes/s ({ib['outcomes']} outcomes of "
+            f"{ib['anchors']} anchors into a fresh store, real embedding)"
         )
+        if "quality" in er:
+            q = er["quality"]
+            peer_q = f", peer {q['peer_routed_accuracy']:.4f}" if "peer_routed_accuracy" in q else ""
+            lines.append(
+                f"- {emb}: routed accuracy {q['routed_accuracy']:.4f} on {q['queries']} held-out prompts over "
+                f"{q['anchors']} real anchors (best single {q['best_single']} {q['best_single_accuracy']:.4f}"
+                f"{peer_q})"
+            )
     for emb, t in report["targets"].items():
         marks = ", ".join(f"{k} {v[0]} {'PASS' if v[1] else 'FAIL'}" for k, v in t.items() if k != "size")
         lines.append(f"- targets at {t['size']:,} anchors, {emb}: {marks}")
@@ -655,16 +669,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sizes", help="store sizes in anchors (default 1000,10000,100000; --quick: 1000)")
     p.add_argument("--embedders", default="minilm", help="comma-separated: minilm, hashing, or names as_embedder takes")
     p.add_argument("--estimator", default=None, help="estimator name (default: the engine's default)")
-    p.add_argument("--queries", type=int, help="held-out prompts timed per size (default 150; --quick: 40)")
+    p.add_argument("--queries", type=int, help="held-out prompts timed per size (default 100; --quick: 40)")
     p.add_argument("--batch", type=int, help="prompts in the batch (default 256; --quick: 32)")
-    p.add_argument("--ingest", type=int, help="unseen prompts ingested per size (default 128; --quick: 16)")
-    p.add_argument("--quality-queries", type=int, help="held-out prompts for routed accuracy (default all)")
-    p.add_argument("--ingest-base", type=int, default=256, help="base anchors ingested into a fresh store")
-    p.add_argument(
-        "--cache-dir", type=Path, default=ROOT / "out" / "bench-cache", help="keeps base anchor vectors between runs"
-    )
-    p.add_argument("--no-cache", dest="cache_dir", action="store_const", const=None)
-    p.add_argument("--probe-queries", type=int, default=50, help="prompts routed by the fresh process")
+    p.add_argument("--ingest", type=int, help="unseen prompts ingested per size (default 64; --quick: 16)")
+    p.add_argument("--record", type=int, help="prompts routed, then recorded, per size (default 32; --quick: 8)")
+    p.add_argument("--base", type=int, default=512, help="real anchors ingested (timed); copies of them fill stores")
+    p.add_argument("--quality", action="store_true", help="also route every held-out prompt over the real anchors")
+    p.add_argument("--quality-queries", type=int, help="held-out prompts for --quality (default all)")
+    p.add_argument("--probe-queries", type=int, default=30, help="prompts routed by the fresh process")
     p.add_argument("--profile-queries", type=int, default=50, help="decisions profiled at the largest size")
     p.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument("--k", type=int, default=10)
@@ -676,10 +688,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "out" / "bench.json")
     args = p.parse_args(argv)
     quick = args.quick
-    args.sizes = [int(s) for s in (args.sizes or ("1000" if quick else "1000,10000,100000")).split(",") if s]
-    args.queries = args.queries or (40 if quick else 150)
+    args.sizes = sorted({int(s) for s in (args.sizes or ("1000" if quick else "1000,10000,100000")).split(",") if s})
+    args.queries = args.queries or (40 if quick else 100)
     args.batch = args.batch or (32 if quick else 256)
-    args.ingest = args.ingest or (16 if quick else 128)
+    args.ingest = args.ingest or (16 if quick else 64)
+    args.record = args.record or (8 if quick else 32)
     args.quality_queries = args.quality_queries or (100 if quick else None)
     args.embedders = [e for e in args.embedders.split(",") if e]
     return args
@@ -689,19 +702,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     data = load_data(args.data, seed=args.seed)
     order = data.test_order
-    need = args.warmup + args.queries + args.ingest
+    per_size = args.ingest + args.record
+    need = args.warmup + args.queries + per_size * len(args.sizes)
     if len(order) < need:
-        msg = f"{args.data} has {len(order)} held-out prompts; need {need} (warm-up + --queries + --ingest)"
+        msg = (
+            f"{args.data} has {len(order)} held-out prompts; need {need} "
+            "(warm-up + --queries + (--ingest + --record) per size)"
+        )
         raise SystemExit(msg)
     lat = order[args.warmup : args.warmup + args.queries]
     queries = {
         "warm": order[: args.warmup],
         "latency": lat,
         "batch": (lat * math.ceil(args.batch / len(lat)))[: args.batch],
-        "ingest": order[-args.ingest :],
         "probe": lat[: args.probe_queries],
         "quality": order[: args.quality_queries] if args.quality_queries else order,
     }
+    for step in range(len(args.sizes)):  # unseen prompts for each size, from the end of the order
+        end = len(order) - step * per_size
+        queries[f"ingest{step}"] = order[end - args.ingest : end]
+        queries[f"record{step}"] = order[end - per_size : end - args.ingest]
     report: dict[str, Any] = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": {

@@ -50,8 +50,8 @@ def test_bench_reports_every_figure_for_each_size(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     argv = [
         "--data", str(_dataset(tmp_path / "toy")), "--embedders", "hashing", "--sizes", "150,300",
-        "--queries", "12", "--batch", "8", "--ingest", "4", "--warmup", "2", "--probe-queries", "4",
-        "--profile-queries", "4", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+        "--queries", "12", "--batch", "8", "--ingest", "4", "--record", "3", "--warmup", "2", "--probe-queries", "4",
+        "--profile-queries", "4", "--base", "40", "--quality", "--out", str(out),
     ]  # fmt: skip
     assert main(argv) == 0
     report = json.loads(out.read_text())
@@ -61,13 +61,16 @@ def test_bench_reports_every_figure_for_each_size(tmp_path: Path) -> None:
     (emb,) = report["embedders"]
     assert emb.startswith("hashing")
     er = report["embedders"][emb]
-    assert er["ingest_base"]["outcomes"] == 60 * 10
+    assert er["ingest_base"]["outcomes"] == 40 * 10  # --base real anchors, embedded for real
     assert _positive(er["ingest_base"]["outcomes_per_s"])
-    assert 0 <= er["quality"]["routed_accuracy"] <= 1
+    assert 0 <= er["quality"]["routed_accuracy"] <= 1 and er["quality"]["anchors"] == 40
     assert set(er["sizes"]) == {"150", "300"}
-    for size, r in er["sizes"].items():
-        assert r["build"]["outcomes"] == int(size) * 10
-        assert r["open"]["anchors"] == int(size), r["open"]  # the fresh process sees the persisted store
+    unseen = 4 + 3  # each size ingests --ingest unseen prompts and records --record routed ones
+    for (size, r), grown_from, before in zip(er["sizes"].items(), (0, 150), (0, unseen), strict=True):
+        assert r["build"]["anchors_added"] == int(size) - grown_from  # one store, grown size by size
+        assert r["build"]["outcomes"] == (int(size) - grown_from) * 10
+        assert r["copies_per_base"] == int(size) // 40 + (int(size) % 40 > 0)
+        assert r["open"]["anchors"] == int(size) + before, r["open"]  # the fresh process sees the persisted store
         assert _positive(r["open"]["peak_rss_mb"]) and _positive(r["open"]["open_s"])
         for part in ("decision", "floor", "floor_records", "peer"):
             assert r[part]["n"] == 12
@@ -77,6 +80,7 @@ def test_bench_reports_every_figure_for_each_size(tmp_path: Path) -> None:
         assert r["batch"]["size"] == 8
         assert _positive(r["batch"]["decisions_per_s"]) and _positive(r["batch"]["floor_per_s"])
         assert r["ingest"]["outcomes"] == 4 * 10 and _positive(r["ingest"]["outcomes_per_s"])
+        assert r["record"]["n"] == 3 and _positive(r["record"]["p50_ms"])
     prof = er["sizes"]["300"]["profile"]["ms_per_decision"]
     assert _positive(prof["total"]) and _positive(prof["chroma_query"])
     assert "profile" not in er["sizes"]["150"]
