@@ -345,6 +345,9 @@ class LearnedEstimator(Estimator):
             anchor statistics (weight 1 on ``knn``), which each estimate's ``reason`` says.
         refit_growth: refit when the number of anchors differs from the fitted one by more than this
             fraction.
+        refit_check_s: after the store's version changes (any write), its anchors are counted to decide on
+            a refit at most this often. Counting is a round trip that grows with the store (~13 ms at 100k
+            anchors), so routers that record every call's outcome do not pay it on every decision.
         prior: used for models with no outcome on any anchor; without it those models raise
             :class:`NoAnchorDataError`.
         evidence: anchors kept per estimate as evidence (most similar first).
@@ -370,6 +373,7 @@ class LearnedEstimator(Estimator):
         max_fit_anchors: int = 4000,
         min_fit_pairs: int = 200,
         refit_growth: float = 0.1,
+        refit_check_s: float = 5.0,
         prior: Prior | None = None,
         evidence: int = 5,
         tail_chars: int = 1000,
@@ -396,6 +400,9 @@ class LearnedEstimator(Estimator):
                 f"max_fit_anchors, got {max_fit_anchors}, {min_fit_pairs}, {refit_growth}, {max_store_anchors}"
             )
             raise ConfigError(msg)
+        if refit_check_s < 0:
+            msg = f"refit_check_s must be >= 0, got {refit_check_s}"
+            raise ConfigError(msg)
         self.k = k
         self.power = power
         self.prior_strength = prior_strength
@@ -403,6 +410,7 @@ class LearnedEstimator(Estimator):
         self.max_fit_anchors = max_fit_anchors
         self.min_fit_pairs = min_fit_pairs
         self.refit_growth = refit_growth
+        self.refit_check_s = refit_check_s
         self.prior = prior
         self.evidence = evidence
         self.tail_chars = tail_chars
@@ -414,6 +422,7 @@ class LearnedEstimator(Estimator):
         self._params: _Params | None = None
         self._lock = threading.Lock()
         self._seen_version: str | None = None
+        self._counted_at = -math.inf
         self._refit_thread: threading.Thread | None = None
 
     # -- fitting -------------------------------------------------------------------------------
@@ -730,7 +739,10 @@ class LearnedEstimator(Estimator):
         store = self._store
         if store is None or not version or version == "degraded" or version == self._seen_version:
             return
-        self._seen_version = version
+        now = time.monotonic()
+        if now - self._counted_at < self.refit_check_s:
+            return  # counted recently: a later decision looks at this version
+        self._seen_version, self._counted_at = version, now
         try:
             count = store.count()
         except StoreUnavailableError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +253,28 @@ def test_engine_binds_store_fits_lazily_and_refits_on_growth(store: AnchorStore,
     engine.route(math_q, reserve=False)
     est.wait_refit(timeout=30)
     assert est.report.anchors == 30
+
+
+@pytest.mark.parametrize("check_s", [3600.0, 0.0])
+def test_writes_between_decisions_count_the_store_at_most_every_refit_check_s(
+    store: AnchorStore, cards: list[ModelCard], monkeypatch: pytest.MonkeyPatch, check_s: float
+) -> None:
+    est = LearnedEstimator(k=5, min_fit_pairs=10, refit_check_s=check_s)
+    engine = ScopeEngine(store=store, models=cards, estimator=est, k=5)
+    engine.route("what is 40 plus 41 in arithmetic", reserve=False)  # fits
+    counts: list[str] = []  # the thread of each count (a background refit counts too)
+    real_count = store.count
+    monkeypatch.setattr(store, "count", lambda: counts.append(threading.current_thread().name) or real_count())
+    for i in range(4):  # a router recording every call: a write between each two decisions
+        store.add(more_math(1, start=500 + i))
+        engine.route(f"what is {i} plus 7 in arithmetic", reserve=False)
+    assert counts.count(threading.main_thread().name) == (1 if check_s else 4)
+    est.wait_refit(timeout=30)
+    assert est.report is not None
+    if check_s:
+        assert est.report.anchors == 20  # the one count saw 21 anchors: within refit_growth
+    else:
+        assert est.report.anchors > 20  # counted each time: saw 23 > 20 * 1.1 and refitted
 
 
 def test_registry_and_cli_know_learned() -> None:
