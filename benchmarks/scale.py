@@ -6,12 +6,14 @@ at each size, in one run:
 - **decision**: ``ScopeEngine.route(query)`` on held-out routerbench-zs prompts, each paying its own
   embedding, against the **floor** on the same prompts (``AnchorStore.embed([q])`` plus one raw Chroma
   query for as many neighbours as the engine retrieves, fetching only metadatas and distances) and the
-  **peer** (semantic-router's route call over the same encoder and anchors; see :mod:`benchmarks.peer`).
+  **peer** (semantic-router's route call over the same encoder and anchors, at the largest size unless
+  ``--peer-at-every-size``; see :mod:`benchmarks.peer`).
   The three run interleaved query by query, in rotating order, each with its own embedder instance and no
   embedding cache, so load drifts hit all alike and every call embeds its prompt. Ratios to the floor are
   machine-independent.
 - **batch**: ``ScopeEngine.route_batch`` of 256 prompts against the batched floor (one embedding call and
-  one Chroma query of 256).
+  one Chroma query of 256); at the largest size the floor runs before and after the route, and their mean
+  is used.
 - **ingest**: ``AnchorStore.add`` of unseen prompts' outcomes (10 models each) into the store, with real
   embedding (new prompts at each size); before the sizes, the same for the ``--base`` real anchors into a
   fresh store.
@@ -333,9 +335,11 @@ def run_size(
     peer_store = AnchorStore(
         client=client, collection=COLLECTION, embedder=PerturbedEmbedder(inst.peer, base_vectors), embed_cache=0
     )
-    texts = [copy_text(data, a % n_base, a // n_base) for a in range(size)]
-    peer = build_peer(peer_store.embed, texts, [labels[a % n_base] for a in range(size)], top_k=rk)
-    del texts
+    peer = None
+    if args.peer_at_every_size or size == max(args.sizes):
+        texts = [copy_text(data, a % n_base, a // n_base) for a in range(size)]
+        peer = build_peer(peer_store.embed, texts, [labels[a % n_base] for a in range(size)], top_k=rk)
+        del texts
 
     times: dict[str, list[float]] = {"decision": [], "floor": [], "floor_records": [], "peer": []}
 
@@ -387,18 +391,29 @@ def run_size(
         _log(f"  profile: {res['profile']['ms_per_decision']}")
 
     batch = queries["batch"]
-    t0 = time.perf_counter()
-    got = col.query(query_embeddings=floor_store.embed(batch), n_results=rk, include=FLOOR_INCLUDE)
-    t1 = time.perf_counter()
-    col.get(ids=sorted({rid for ids in got["ids"] for rid in ids}), include=RECORDS_INCLUDE)
-    floor_s, records_s = t1 - t0, time.perf_counter() - t0
+
+    def floor_batch() -> tuple[float, float]:
+        """Seconds for the batched floor, and for it plus one read of all the neighbours' metadata."""
+        t0 = time.perf_counter()
+        got = col.query(query_embeddings=floor_store.embed(batch), n_results=rk, include=FLOOR_INCLUDE)
+        t1 = time.perf_counter()
+        col.get(ids=sorted({rid for ids in got["ids"] for rid in ids}), include=RECORDS_INCLUDE)
+        return t1 - t0, time.perf_counter() - t0
+
+    # At the largest size (the target's), floor, route, floor again: the route is set against the mean of
+    # the two floors, so a slow spell of the machine during one run weighs less.
+    floors = [floor_batch()]
     route_s = timed(lambda: engine.route_batch(batch))[0]
+    if size == max(args.sizes):
+        floors.append(floor_batch())
+    floor_s, records_s = (float(np.mean(v)) for v in zip(*floors, strict=True))
     res["batch"] = {
         "size": len(batch),
         "decisions_per_s": round(len(batch) / route_s, 1),
         "floor_per_s": round(len(batch) / floor_s, 1),
         "floor_records_per_s": round(len(batch) / records_s, 1),
         "ratio": round(floor_s / route_s, 3),
+        "floor_runs": len(floors),
     }
     _log(f"  batch {res['batch']}")
 
@@ -672,8 +687,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, help="held-out prompts timed per size (default 100; --quick: 40)")
     p.add_argument("--batch", type=int, help="prompts in the batch (default 256; --quick: 32)")
     p.add_argument("--ingest", type=int, help="unseen prompts ingested per size (default 64; --quick: 16)")
-    p.add_argument("--record", type=int, help="prompts routed, then recorded, per size (default 32; --quick: 8)")
-    p.add_argument("--base", type=int, default=512, help="real anchors ingested (timed); copies of them fill stores")
+    p.add_argument("--record", type=int, help="prompts routed, then recorded, per size (default 16; --quick: 8)")
+    p.add_argument("--base", type=int, default=256, help="real anchors ingested (timed); copies of them fill stores")
+    p.add_argument(
+        "--peer-at-every-size", action="store_true", help="time the peer at every size (default: the largest only)"
+    )
     p.add_argument("--quality", action="store_true", help="also route every held-out prompt over the real anchors")
     p.add_argument("--quality-queries", type=int, help="held-out prompts for --quality (default all)")
     p.add_argument("--probe-queries", type=int, default=30, help="prompts routed by the fresh process")
@@ -692,7 +710,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.queries = args.queries or (40 if quick else 100)
     args.batch = args.batch or (32 if quick else 256)
     args.ingest = args.ingest or (16 if quick else 64)
-    args.record = args.record or (8 if quick else 32)
+    args.record = args.record or (8 if quick else 16)
     args.quality_queries = args.quality_queries or (100 if quick else None)
     args.embedders = [e for e in args.embedders.split(",") if e]
     return args

@@ -885,7 +885,7 @@ class LearnedEstimator(Estimator):
             if o is None:
                 continue
             used.append(
-                AnchorEvidence(
+                AnchorEvidence.model_construct(  # fields straight from a store record: nothing to validate
                     anchor_id=a.anchor_id, similarity=a.similarity, correct=o.correct, output_tokens=o.output_tokens
                 )
             )
