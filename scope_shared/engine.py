@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from scope_shared.errors import (
     BudgetExceededError,
     ConfigError,
+    DataError,
     EstimatorUnavailableError,
     StoreUnavailableError,
     UnknownModelError,
@@ -73,6 +76,12 @@ class ScopeEngine:
             unreachable (decision marked degraded); ``"raise"`` fails fast.
         reserve_factor: reservations hold ``expected cost x reserve_factor`` (>= 1 leaves headroom for
             calls longer than expected).
+        write_behind: seconds a recorded outcome may wait before it is written (0, the default: ``record``
+            writes at once). Above 0, ``record`` settles the budget and returns; a background thread writes
+            what was recorded in one batch at most this long after the first outcome queued. Writing the
+            outcome of a call costs one Chroma write (20-40 ms at 100k anchors), which the LangChain and
+            LlamaIndex handlers otherwise pay in the call's own thread. :meth:`flush` writes at once;
+            :meth:`close` (also run at interpreter exit) writes what is left and stops the thread.
     """
 
     def __init__(
@@ -89,6 +98,7 @@ class ScopeEngine:
         on_no_fit: OnNoFit = "raise",
         on_store_down: str = "degrade",
         reserve_factor: float = 1.0,
+        write_behind: float = 0.0,
     ) -> None:
         cards = list(models)
         if not cards:
@@ -111,6 +121,9 @@ class ScopeEngine:
         if not reserve_factor >= 1.0:
             msg = f"reserve_factor must be >= 1, got {reserve_factor}"
             raise ConfigError(msg)
+        if not 0.0 <= write_behind < math.inf:
+            msg = f"write_behind must be >= 0 seconds, got {write_behind}"
+            raise ConfigError(msg)
         _check_value(value_per_correct)
         _check_cost(max_cost_per_call)
         self.store = store
@@ -129,8 +142,13 @@ class ScopeEngine:
         self.on_no_fit: OnNoFit = on_no_fit
         self.on_store_down = on_store_down
         self.reserve_factor = reserve_factor
+        self.write_behind = write_behind
         self._pending: list[Outcome] = []
         self._pending_lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # one writer at a time: batches land in recording order
+        self._queued = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._closing = threading.Event()
         self._last_stats: Mapping[str, ModelStats] | None = None
 
     def __repr__(self) -> str:
@@ -502,7 +520,10 @@ class ScopeEngine:
         return self.ledger.release(rid)
 
     def record(self, outcome: Outcome, *, decision: Decision | str | None = None) -> None:
-        """Write a real outcome into the store (retried later if the store is down) and settle its cost."""
+        """Write a real outcome into the store (retried later if the store is down) and settle its cost.
+
+        With ``write_behind`` above 0 the outcome is queued and written by a background thread.
+        """
         self.card(outcome.model)
         if decision is not None and outcome.input_tokens is not None and outcome.output_tokens is not None:
             self.settle(
@@ -513,7 +534,11 @@ class ScopeEngine:
             )
         with self._pending_lock:
             self._pending.append(outcome)
-        self.flush()
+        if self.write_behind > 0 and not self._closing.is_set():
+            self._start_writer()
+            self._queued.set()
+        else:
+            self.flush()
 
     async def arecord(self, outcome: Outcome, *, decision: Decision | str | None = None) -> None:
         """Async form of :meth:`record`."""
@@ -521,23 +546,87 @@ class ScopeEngine:
 
     @property
     def pending(self) -> int:
-        """Outcomes waiting for the store to come back."""
+        """Outcomes not written yet: queued by ``write_behind``, or kept while the store was down."""
         with self._pending_lock:
             return len(self._pending)
 
     def flush(self) -> int:
-        """Write outcomes queued while the store was down; returns how many were written."""
-        with self._pending_lock:
-            if not self._pending:
+        """Write the outcomes not written yet, in one batch; returns how many were written.
+
+        Of several outcomes of one model on one query, the last recorded is written (as writing them one by
+        one would leave it). If the store is down they stay queued; if the store rejects them, the
+        :class:`DataError` is raised and they are dropped, so they cannot block later outcomes.
+        """
+        with self._flush_lock:
+            with self._pending_lock:
+                taken = list(self._pending)
+            if not taken:
                 return 0
-            batch = list(self._pending)
+            batch = list({(o.query, o.model): o for o in taken}.values())
             try:
                 self.store.add(batch, progress=False)
             except StoreUnavailableError as exc:
-                logger.warning("anchor store unavailable; %d outcome(s) kept for retry: %s", len(batch), exc)
+                logger.warning("anchor store unavailable; %d outcome(s) kept for retry: %s", len(taken), exc)
                 return 0
-            del self._pending[: len(batch)]
-            return len(batch)
+            except DataError:
+                with self._pending_lock:
+                    del self._pending[: len(taken)]
+                raise
+            with self._pending_lock:
+                del self._pending[: len(taken)]  # only flush removes, under _flush_lock: these are the first
+            return len(taken)
+
+    def close(self) -> None:
+        """Write what is queued and stop the write-behind thread (a later ``record`` writes at once)."""
+        self._closing.set()
+        self._queued.set()
+        writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join(timeout=max(5.0, 2 * self.write_behind))
+        self.flush()
+
+    def _start_writer(self) -> None:
+        if self._writer is not None and self._writer.is_alive():
+            return
+        with self._pending_lock:
+            if self._writer is not None and self._writer.is_alive():
+                return
+            ref = weakref.ref(self)
+            self._writer = threading.Thread(target=_write_loop, args=(ref, self._queued), daemon=True)
+            self._writer.name = "scope-write-behind"
+            self._writer.start()
+            atexit.register(_close_at_exit, ref)
+
+
+def _write_loop(ref: weakref.ReferenceType[ScopeEngine], queued: threading.Event) -> None:
+    """The write-behind thread: wait for a queued outcome, gather for ``write_behind`` seconds, write."""
+    while True:
+        fired = queued.wait(timeout=30.0)
+        engine = ref()
+        if engine is None:  # the engine was collected: nothing left to write for
+            return
+        if not fired:
+            del engine
+            continue
+        closing = engine._closing  # noqa: SLF001 - the engine's own thread
+        closing.wait(engine.write_behind)  # gather what else is recorded meanwhile; close() cuts it short
+        queued.clear()
+        try:
+            engine.flush()
+        except Exception:
+            logger.exception("write-behind: recorded outcomes could not be written")
+        if closing.is_set():
+            return
+        if engine.pending:  # the store was down: try again after another wait
+            closing.wait(max(engine.write_behind, 1.0))
+            queued.set()
+        del engine
+
+
+def _close_at_exit(ref: weakref.ReferenceType[ScopeEngine]) -> None:
+    engine = ref()
+    if engine is not None and engine.pending:
+        engine.close()
 
 
 def _clean_query(query: Any) -> str:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from scope_shared import (
 from scope_shared.errors import EstimatorUnavailableError
 from scope_shared.estimators import AnchorStatsEstimator, Estimator, Prediction, QueryContext
 from scope_shared.estimators.registry import build_estimator
+from scope_shared.store import anchor_id
 
 POEM = "write a sonnet poem about the silver moon"
 SUM = "what is 41 plus 42 in arithmetic"
@@ -161,6 +163,39 @@ def test_recording_a_routed_call_reuses_its_embedding(outcomes: list[Outcome], c
         assert emb.texts.count(q) == expected, cache
         [[hit, *_]] = store.query(HashingEmbedder().embed([q]), k=1)
         assert hit.question == q and hit.similarity == pytest.approx(1.0)  # stored under the same vector
+
+
+def test_write_behind_queues_records_and_writes_them_in_the_background(
+    store: AnchorStore, cards: list[ModelCard]
+) -> None:
+    eng = ScopeEngine(store=store, models=cards, budget=Budget(limit=1.0), write_behind=30.0)
+    q = "compose a haiku about rain on the harbour"
+    d = eng.route(q)
+    eng.record(Outcome(query=q, model=d.model, correct=1.0, input_tokens=9, output_tokens=40), decision=d)
+    assert eng.pending == 1 and store.count() == 20  # queued, not written: the caller did not wait
+    assert eng.ledger is not None and eng.ledger.spent > 0  # the budget is settled at once
+    eng.record(Outcome(query=q, model=d.model, correct=0.0, output_tokens=41))  # the same call, regraded
+    assert eng.flush() == 2 and eng.pending == 0 and store.count() == 21
+    assert store.get([anchor_id(q)])[anchor_id(q)].outcomes[d.model].correct == 0.0  # the last one wins
+
+    quick = ScopeEngine(store=store, models=cards, write_behind=0.05)
+    q2 = "compose a limerick about the tide"
+    quick.record(Outcome(query=q2, model="big", correct=1.0, output_tokens=30))
+    deadline = time.monotonic() + 10
+    while quick.pending and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert quick.pending == 0 and store.count() == 22  # written by the background thread
+    writer = quick._writer
+    assert writer is not None and writer.name == "scope-write-behind" and writer.is_alive()
+
+    slow = ScopeEngine(store=store, models=cards, write_behind=30.0)
+    slow.record(Outcome(query="compose an ode to salt", model="big", correct=1.0))
+    started = time.monotonic()
+    slow.close()  # writes what is queued without waiting out write_behind
+    assert time.monotonic() - started < 5 and slow.pending == 0 and store.count() == 23
+    assert slow._writer is not None and not slow._writer.is_alive()
+    slow.record(Outcome(query="compose an ode to pepper", model="big", correct=1.0))
+    assert slow.pending == 0 and store.count() == 24  # after close, records are written at once
 
 
 def test_async_matches_sync(store: AnchorStore, cards: list[ModelCard]) -> None:
