@@ -506,7 +506,8 @@ def run_embedder(
         "embedding": "real, into a fresh store, default batch size",
     }
     _log(f"  base ingest {out['ingest_base']}")
-    base_vectors = base_store.embed([rows[0].query for rows in data.base[:n_base]])
+    base_texts = [rows[0].query for rows in data.base[:n_base]]
+    base_vectors = base_store.embed(base_texts)
 
     overall = {
         c.name: float(np.mean([o.correct for rows in data.base[:n_base] for o in rows if o.model == c.name]))
@@ -514,8 +515,7 @@ def run_embedder(
     }
     labels = labels_for([{o.model: o.correct for o in rows} for rows in data.base[:n_base]], overall)
     if args.quality:
-        texts = [rows[0].query for rows in data.base[:n_base]]
-        out["quality"] = quality(args, data, base_store, queries["quality"], labels, texts)
+        out["quality"] = quality(args, data, base_store, queries["quality"], labels, base_texts)
         _log(f"  quality {out['quality']}")
 
     path = workdir / "store"

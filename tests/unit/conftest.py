@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from scope_shared import AnchorStore, HashingEmbedder, ModelCard, Outcome
+from scope_shared.embeddings import Matrix
 
 CARDS = [
     ModelCard(name="big", input_per_mtok=10.0, output_per_mtok=30.0),
@@ -15,6 +17,18 @@ CARDS = [
 
 MATH = [f"what is {a} plus {a + 1} in arithmetic" for a in range(10)]
 POEMS = [f"write a sonnet poem about the {w} moon" for w in ["red", "blue", "old", "new", "cold", "warm", "dark", "bright", "far", "near"]]
+
+
+class CountingEmbedder(HashingEmbedder):
+    """The hashing embedder, counting the texts it embeds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> Matrix:
+        self.texts.extend(texts)
+        return super().embed(texts)
 
 
 def sample_outcomes() -> list[Outcome]:

@@ -24,6 +24,8 @@ from scope_shared.estimators import AnchorStatsEstimator, Estimator, Prediction,
 from scope_shared.estimators.registry import build_estimator
 from scope_shared.store import anchor_id
 
+from .conftest import CountingEmbedder
+
 POEM = "write a sonnet poem about the silver moon"
 SUM = "what is 41 plus 42 in arithmetic"
 
@@ -143,17 +145,8 @@ def test_record_writes_back_and_settles(store: AnchorStore, cards: list[ModelCar
 
 
 def test_recording_a_routed_call_reuses_its_embedding(outcomes: list[Outcome], cards: list[ModelCard]) -> None:
-    class Counting(HashingEmbedder):
-        def __init__(self) -> None:
-            super().__init__()
-            self.texts: list[str] = []
-
-        def embed(self, texts):  # type: ignore[no-untyped-def]
-            self.texts.extend(texts)
-            return super().embed(texts)
-
     for cache, expected in ((1024, 1), (0, 2)):
-        emb = Counting()
+        emb = CountingEmbedder()
         store = AnchorStore(embedder=emb, embed_cache=cache)
         store.add(outcomes)
         eng = ScopeEngine(store=store, models=cards)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -8,22 +7,9 @@ import numpy as np
 import pytest
 
 from scope_shared import AnchorStore, ConfigError, DataError, HashingEmbedder, Outcome, StoreUnavailableError
-from scope_shared.embeddings import Matrix
 from scope_shared.store import anchor_id
 
-from .conftest import MATH, POEMS
-
-
-class CountingEmbedder(HashingEmbedder):
-    """The hashing embedder, counting the texts it embeds."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.texts: list[str] = []
-
-    def embed(self, texts: Sequence[str]) -> Matrix:
-        self.texts.extend(texts)
-        return super().embed(texts)
+from .conftest import MATH, POEMS, CountingEmbedder
 
 
 class SpyCollection:
