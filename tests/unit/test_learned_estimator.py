@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -382,6 +383,46 @@ def test_query_that_is_an_anchor_moves_toward_its_recorded_outcome(
     )
     assert "the query itself is an anchor" in same["strong"].reason
     assert same["weak"].p_correct == twin["weak"].p_correct and same["weak"].reason == ""
+
+
+def test_a_batch_predicts_what_each_query_predicts_alone(
+    fitted: tuple[World, LearnedEstimator, list[AnchorRecord], np.ndarray],
+) -> None:
+    """Queries are predicted in one vectorised pass; padding, groups and per-query cases must not leak."""
+    world, est, recs, emb = fitted
+    x, _ = world.questions(8)
+    stats = stats_of(recs)
+    ctxs = [context(xi, recs, emb, r=5 + 4 * i, embedding=i % 3 != 1) for i, xi in enumerate(x)]
+    ctxs = [dataclasses.replace(c, stats=stats) if i % 2 else c for i, c in enumerate(ctxs)]  # equal, or the same
+    ctxs.append(QueryContext(query="no anchors at all", input_tokens=10.0, anchors=(), stats=ctxs[0].stats))
+    exact = ctxs[0].anchors[0]
+    ctxs.append(
+        QueryContext(
+            query=exact.question, input_tokens=500.0, anchors=ctxs[0].anchors, stats=ctxs[0].stats, embedding=list(x[0])
+        )
+    )
+    only_two = {m: st for m, st in stats_of(recs).items() if m != "weak"}  # a second statistics mapping
+    ctxs.append(
+        QueryContext(query="other stats", input_tokens=50.0, anchors=ctxs[1].anchors, stats=only_two, embedding=list(x[1]))
+    )
+    models = ["strong", "mid"]
+    batch = est._predict(ctxs, models)
+    assert len(batch) == len(ctxs)
+    for ctx, got in zip(ctxs, batch, strict=True):
+        alone = est._predict([ctx], models)[0]
+        for m in models:
+            assert got[m].p_correct == pytest.approx(alone[m].p_correct, abs=1e-12)
+            assert got[m].output_tokens == pytest.approx(alone[m].output_tokens, rel=1e-12)
+            assert got[m].p_std == pytest.approx(alone[m].p_std, rel=1e-12)
+            assert (got[m].evidence, got[m].reason, got[m].degraded) == (
+                alone[m].evidence,
+                alone[m].reason,
+                alone[m].degraded,
+            )
+    assert batch[1]["mid"].degraded and not batch[0]["mid"].degraded  # the second query has no embedding
+    assert "the query itself is an anchor" in batch[-2]["strong"].reason
+    # the anchors differ per query, so do the estimates: nothing of one query reached another
+    assert len({round(row["mid"].p_correct, 9) for row in batch[:8]}) > 4
 
 
 def test_engine_with_learned_estimator_routes(store: AnchorStore, cards: list[ModelCard]) -> None:
