@@ -60,6 +60,7 @@ def _store(args: argparse.Namespace) -> Any:
         token=token,
         collection=args.collection,
         embedder=_embedder(args.embedder),
+        hnsw={"ef_search": args.ef_search} if args.ef_search else None,
     )
 
 
@@ -259,6 +260,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--chroma-ssl", action="store_true")
         sp.add_argument("--chroma-token-env", help="name of the env var holding the Chroma auth token")
         sp.add_argument("--collection", default="scope-anchors")
+        sp.add_argument(
+            "--ef-search", type=int, help="HNSW candidates per search (Chroma's default 100); stored with the index"
+        )
 
     def model_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--embedder", default="minilm", choices=EMBEDDERS)

@@ -56,6 +56,9 @@ STATS_PREFIX = "stats:"
 STATS_BASE = STATS_PREFIX + "base"
 _STATE_KEY = "state:"
 _STATE_VECTOR = [1.0]
+#: Chroma HNSW settings an existing collection can change, and the ones fixed when it is created.
+HNSW_UPDATABLE = ("ef_search", "sync_threshold", "resize_factor")
+HNSW_FIXED = ("ef_construction", "max_neighbors")
 
 
 @dataclass(slots=True)
@@ -114,6 +117,27 @@ class _Totals:
         return out
 
 
+def _check_hnsw(hnsw: Mapping[str, float]) -> dict[str, float]:
+    known = (*HNSW_UPDATABLE, *HNSW_FIXED)
+    unknown = sorted(set(hnsw) - set(known))
+    if unknown:
+        msg = f"unknown hnsw settings {unknown}; known: {list(known)} (the space is always cosine)"
+        raise ConfigError(msg)
+    out: dict[str, float] = {}
+    for key, value in hnsw.items():
+        if key == "resize_factor":
+            if not (isinstance(value, int | float) and value >= 1.0):
+                msg = f"hnsw resize_factor must be a number >= 1, got {value!r}"
+                raise ConfigError(msg)
+            out[key] = float(value)
+        else:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                msg = f"hnsw {key} must be an integer >= 1, got {value!r}"
+                raise ConfigError(msg)
+            out[key] = value
+    return out
+
+
 def anchor_id(query: str) -> str:
     """The record id of an anchor question: a hash of its exact text."""
     return "a-" + hashlib.sha256(query.encode("utf-8", "surrogatepass")).hexdigest()[:32]
@@ -156,6 +180,12 @@ class AnchorStore:
         embed_cache: recent texts whose vectors are kept in memory (0 turns it off). Recording the
             outcome of a routed call reuses the vector its routing computed instead of embedding the
             prompt again, and repeated prompts are embedded once.
+        hnsw: Chroma's HNSW index settings: ``ef_search`` (candidates kept while searching; Chroma's default
+            100; higher finds more of the true nearest anchors, at some latency), ``ef_construction``,
+            ``max_neighbors``, ``sync_threshold``, ``resize_factor``. A new collection is created with them.
+            On an existing one, ``ef_search``, ``sync_threshold`` and ``resize_factor`` are changed to the
+            values given; ``ef_construction`` and ``max_neighbors`` are fixed when the index is built and
+            must match.
     """
 
     def __init__(
@@ -175,6 +205,7 @@ class AnchorStore:
         record_cache: int = 20_000,
         embed_tail_chars: int | None = 1000,
         embed_cache: int = 1024,
+        hnsw: Mapping[str, float] | None = None,
     ) -> None:
         chosen = [name for name, v in (("path", path), ("host", host), ("client", client)) if v]
         if len(chosen) > 1:
@@ -193,6 +224,7 @@ class AnchorStore:
         if not 0 < port < 65536:
             msg = f"port must be in 1..65535, got {port}"
             raise ConfigError(msg)
+        self._hnsw = _check_hnsw(hnsw or {})
         self._path = Path(path) if path else None
         self._host = host
         self._port = port
@@ -275,7 +307,7 @@ class AnchorStore:
                     return self._client.get_or_create_collection(
                         self._collection_name,
                         embedding_function=None,
-                        configuration={"hnsw": {"space": "cosine"}},
+                        configuration={"hnsw": {"space": "cosine", **self._hnsw}},
                         metadata={"embedder": self._embedder_id, "schema": 1},
                     )
 
@@ -288,8 +320,27 @@ class AnchorStore:
                         "or use a new collection"
                     )
                     raise ConfigError(msg)
+                self._apply_hnsw(col)
                 self._collection = col
         return self._collection
+
+    def _apply_hnsw(self, col: Any) -> None:
+        """Bring an opened collection's index settings to the ``hnsw`` given (a created one has them)."""
+        if not self._hnsw:
+            return
+        current = dict((getattr(col, "configuration", None) or {}).get("hnsw") or {})
+        fixed = {k: (current.get(k), v) for k, v in self._hnsw.items() if k in HNSW_FIXED and current.get(k) != v}
+        if fixed:
+            have = ", ".join(f"{k}={old}" for k, (old, _) in fixed.items())
+            msg = (
+                f"collection {self._collection_name!r} was built with {have}; {', '.join(fixed)} cannot change "
+                "on a built index: drop them from hnsw or use a new collection"
+            )
+            raise ConfigError(msg)
+        change = {k: v for k, v in self._hnsw.items() if k in HNSW_UPDATABLE and current.get(k) != v}
+        if change:
+            self._guard(lambda: col.modify(configuration={"hnsw": change}), "change the index settings")
+            logger.info("collection %s: index settings changed to %s", self._collection_name, change)
 
     def _guard(self, fn: Callable[[], T], what: str) -> T:
         """Run a Chroma call, turning transport failures into :class:`StoreUnavailableError`."""

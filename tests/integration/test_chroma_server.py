@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from scope_shared import AnchorStore, HashingEmbedder, Outcome, ScopeEngine, StoreUnavailableError
+from scope_shared.store import DEFAULT_COLLECTION
 from tests.integration.chroma_server import ChromaServer
 from tests.unit.conftest import CARDS, sample_outcomes
 
@@ -120,3 +121,17 @@ for i in range(10_000):
     ids = store.get([__import__("scope_shared.store", fromlist=["anchor_id"]).anchor_id(f"recorded outcome number {i}") for i in acked])
     assert len(ids) == len(acked)
     print(json.dumps({"acknowledged": len(acked), "found": len(ids)}))
+
+
+def test_hnsw_settings_reach_the_server(server: ChromaServer) -> None:
+    import chromadb
+
+    def ef_search() -> int:
+        client = chromadb.HttpClient(host="127.0.0.1", port=server.port)
+        return int(client.get_collection(DEFAULT_COLLECTION).configuration["hnsw"]["ef_search"])
+
+    store = http_store(server, hnsw={"ef_search": 200})
+    store.add(sample_outcomes())
+    assert ef_search() == 200
+    assert http_store(server, hnsw={"ef_search": 48}).count() == store.count()
+    assert ef_search() == 48

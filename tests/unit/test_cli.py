@@ -65,3 +65,14 @@ def test_evaluate_writes_json_and_plot(files: dict[str, Path], tmp_path: Path, c
     assert report["routing"]["best_single"]["model"] == "big"
     assert plot.stat().st_size > 10_000
     assert "auroc_within_model" in capsys.readouterr().out
+
+
+def test_ef_search_is_stored_with_the_index(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.unit.test_store import index_settings
+
+    base = ["--store", str(files["store"]), "--embedder", "hashing"]
+    assert main(["ingest", *base, "--ef-search", "250", "-q", str(files["anchors"])]) == 0
+    assert index_settings(files["store"])["ef_search"] == 250
+    assert main(["route", *base, "--ef-search", "40", "--prices", str(files["prices"]), "a sonnet about the moon"]) == 0
+    assert "chosen:" in capsys.readouterr().out
+    assert index_settings(files["store"])["ef_search"] == 40

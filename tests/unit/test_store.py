@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from scope_shared import AnchorStore, ConfigError, DataError, HashingEmbedder, Outcome, StoreUnavailableError
-from scope_shared.store import anchor_id
+from scope_shared.store import DEFAULT_COLLECTION, anchor_id
 
 from .conftest import MATH, POEMS, CountingEmbedder
 
@@ -108,6 +108,49 @@ def test_persistent_reopen_and_embedder_mismatch(tmp_path, outcomes) -> None:  #
     other = AnchorStore(path=tmp_path / "db", embedder=HashingEmbedder(dim=64))
     with pytest.raises(ConfigError, match="built with embedder .hashing-bow/256|tail1000."):
         other.count()
+
+
+def index_settings(path: Any) -> dict[str, Any]:
+    """The collection's HNSW settings as another Chroma client of the same directory reads them."""
+    import chromadb
+    from chromadb.config import Settings
+
+    client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False, allow_reset=False))
+    return dict(client.get_collection(DEFAULT_COLLECTION).configuration["hnsw"])
+
+
+def test_hnsw_settings_build_the_index_change_ef_search_and_guard_the_fixed_ones(
+    tmp_path, outcomes  # type: ignore[no-untyped-def]
+) -> None:
+    s = AnchorStore(path=tmp_path / "db", embedder=HashingEmbedder(), hnsw={"ef_search": 300, "max_neighbors": 24})
+    s.add(outcomes)
+    assert {k: index_settings(tmp_path / "db")[k] for k in ("ef_search", "max_neighbors")} == {
+        "ef_search": 300,
+        "max_neighbors": 24,
+    }
+    # reopened with another ef_search: changed in place, the anchors stay searchable
+    again = AnchorStore(path=tmp_path / "db", embedder=HashingEmbedder(), hnsw={"ef_search": 64})
+    [hits] = again.query(again.embed([outcomes[0].query]), k=3)
+    assert hits[0].question == outcomes[0].query
+    assert {k: index_settings(tmp_path / "db")[k] for k in ("ef_search", "max_neighbors")} == {
+        "ef_search": 64,
+        "max_neighbors": 24,
+    }
+    # without hnsw, a store leaves the settings as they are
+    assert AnchorStore(path=tmp_path / "db", embedder=HashingEmbedder()).count() == 20
+    assert index_settings(tmp_path / "db")["ef_search"] == 64
+    # a built index's graph settings can't change: refused, saying what the index has
+    with pytest.raises(ConfigError, match="built with max_neighbors=24"):
+        AnchorStore(path=tmp_path / "db", embedder=HashingEmbedder(), hnsw={"max_neighbors": 32}).count()
+    for bad, says in (
+        ({"space": "l2"}, "unknown hnsw settings"),
+        ({"ef_search": 0}, "ef_search must be an integer >= 1"),
+        ({"ef_search": 2.5}, "ef_search must be an integer >= 1"),
+        ({"ef_search": True}, "ef_search must be an integer >= 1"),
+        ({"resize_factor": 0.5}, "resize_factor must be a number >= 1"),
+    ):
+        with pytest.raises(ConfigError, match=says):
+            AnchorStore(hnsw=bad)
 
 
 def test_in_memory_stores_are_private(outcomes) -> None:  # type: ignore[no-untyped-def]
