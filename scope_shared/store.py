@@ -184,8 +184,9 @@ class AnchorStore:
             100; higher finds more of the true nearest anchors, at some latency), ``ef_construction``,
             ``max_neighbors``, ``sync_threshold``, ``resize_factor``. A new collection is created with them.
             On an existing one, ``ef_search``, ``sync_threshold`` and ``resize_factor`` are changed to the
-            values given; ``ef_construction`` and ``max_neighbors`` are fixed when the index is built and
-            must match.
+            values given, for every process that loads the index afterwards (Chroma keeps the settings of an
+            index a process has already loaded); ``ef_construction`` and ``max_neighbors`` are fixed when the
+            index is built and must match.
     """
 
     def __init__(
