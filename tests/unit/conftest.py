@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from scope_shared import AnchorStore, HashingEmbedder, ModelCard, Outcome
 from scope_shared.embeddings import Matrix
+from scope_shared.store import DEFAULT_COLLECTION
 
 CARDS = [
     ModelCard(name="big", input_per_mtok=10.0, output_per_mtok=30.0),
@@ -29,6 +31,15 @@ class CountingEmbedder(HashingEmbedder):
     def embed(self, texts: Sequence[str]) -> Matrix:
         self.texts.extend(texts)
         return super().embed(texts)
+
+
+def index_settings(path: Path) -> dict[str, Any]:
+    """The collection's HNSW settings as another Chroma client of the same directory reads them."""
+    import chromadb
+    from chromadb.config import Settings
+
+    client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False, allow_reset=False))
+    return dict(client.get_collection(DEFAULT_COLLECTION).configuration["hnsw"])
 
 
 def sample_outcomes() -> list[Outcome]:

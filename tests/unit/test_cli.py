@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from scope_shared.cli import main
-from tests.unit.conftest import sample_outcomes
+from tests.unit.conftest import index_settings, sample_outcomes
 
 
 @pytest.fixture
@@ -68,8 +68,6 @@ def test_evaluate_writes_json_and_plot(files: dict[str, Path], tmp_path: Path, c
 
 
 def test_ef_search_is_stored_with_the_index(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.unit.test_store import index_settings
-
     base = ["--store", str(files["store"]), "--embedder", "hashing"]
     assert main(["ingest", *base, "--ef-search", "250", "-q", str(files["anchors"])]) == 0
     assert index_settings(files["store"])["ef_search"] == 250

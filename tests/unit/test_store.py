@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from scope_shared import AnchorStore, ConfigError, DataError, HashingEmbedder, Outcome, StoreUnavailableError
-from scope_shared.store import DEFAULT_COLLECTION, anchor_id
+from scope_shared.store import anchor_id
 
-from .conftest import MATH, POEMS, CountingEmbedder
+from .conftest import MATH, POEMS, CountingEmbedder, index_settings
 
 
 class SpyCollection:
@@ -108,15 +108,6 @@ def test_persistent_reopen_and_embedder_mismatch(tmp_path, outcomes) -> None:  #
     other = AnchorStore(path=tmp_path / "db", embedder=HashingEmbedder(dim=64))
     with pytest.raises(ConfigError, match="built with embedder .hashing-bow/256|tail1000."):
         other.count()
-
-
-def index_settings(path: Any) -> dict[str, Any]:
-    """The collection's HNSW settings as another Chroma client of the same directory reads them."""
-    import chromadb
-    from chromadb.config import Settings
-
-    client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False, allow_reset=False))
-    return dict(client.get_collection(DEFAULT_COLLECTION).configuration["hnsw"])
 
 
 def test_hnsw_settings_build_the_index_change_ef_search_and_guard_the_fixed_ones(
