@@ -330,9 +330,9 @@ class AnchorStore:
         if not self._hnsw:
             return
         current = dict((getattr(col, "configuration", None) or {}).get("hnsw") or {})
-        fixed = {k: (current.get(k), v) for k, v in self._hnsw.items() if k in HNSW_FIXED and current.get(k) != v}
+        fixed = {k: current.get(k) for k, v in self._hnsw.items() if k in HNSW_FIXED and current.get(k) != v}
         if fixed:
-            have = ", ".join(f"{k}={old}" for k, (old, _) in fixed.items())
+            have = ", ".join(f"{k}={old}" for k, old in fixed.items())
             msg = (
                 f"collection {self._collection_name!r} was built with {have}; {', '.join(fixed)} cannot change "
                 "on a built index: drop them from hnsw or use a new collection"

@@ -897,7 +897,7 @@ class LearnedEstimator(Estimator):
                     output_tokens=math.expm1(ltj),
                     evidence=self._evidence(anchors, m),
                     p_std=math.sqrt(max(pj * (1.0 - pj), 1e-9) / max(n_b[j] + self.prior_strength, 1e-9)),
-                    degraded=m in degraded or reason.startswith("no query embedding"),
+                    degraded=m in degraded or (params.ridge_w is not None and not with_text[b]),
                     reason="; ".join(r for r in notes if r),
                 )
             results.append(result)
