@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from scope_shared.errors import DataError
 from scope_shared.types import ModelCard, Outcome
 
-__all__ = ["load_outcomes", "load_prices", "outcome_from_row"]
+__all__ = ["as_outcome", "check_model_name", "load_outcomes", "load_prices", "outcome_from_row"]
 
 REQUIRED = ("query", "model", "correct")
 
@@ -82,6 +82,23 @@ def outcome_from_row(row: Mapping[str, Any], *, where: str) -> Outcome:
     except (TypeError, ValueError) as exc:
         msg = f"{where}: invalid outcome: {exc}"
         raise DataError(msg) from None
+
+
+def as_outcome(item: Outcome | Mapping[str, Any], *, where: str) -> Outcome:
+    """``item`` as an :class:`Outcome` (a raw row is parsed); ``where`` names it in errors."""
+    if isinstance(item, Outcome):
+        return item
+    if isinstance(item, Mapping):
+        return outcome_from_row(item, where=where)
+    msg = f"{where}: expected an Outcome or a mapping, got {type(item).__name__}"
+    raise DataError(msg)
+
+
+def check_model_name(model: str, where: str) -> None:
+    """:class:`DataError` for a model name with surrounding spaces or control characters."""
+    if model != model.strip() or any(ord(ch) < 32 for ch in model):
+        msg = f"{where}: model name {model!r} has surrounding spaces or control characters"
+        raise DataError(msg)
 
 
 def _rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:

@@ -11,7 +11,8 @@ Every error derives from :class:`ScopeError`; leaves also subclass the builtin a
     ├── BudgetExceededError (RuntimeError)    no candidate fits the remaining budget or per-call cap
     ├── StoreUnavailableError (ConnectionError)   the Chroma backend cannot be reached
     ├── EstimatorUnavailableError (ConnectionError)  an estimator backend (vLLM) cannot be reached
-    └── EmbedderError (RuntimeError)          the embedding model could not be loaded or run
+    ├── EmbedderError (RuntimeError)          the embedding model could not be loaded or run
+    └── ReplayMissError (LookupError)         a replay model was asked a query it has no record of
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "EmptyStoreError",
     "EstimatorUnavailableError",
     "NoAnchorDataError",
+    "ReplayMissError",
     "ScopeError",
     "StoreUnavailableError",
     "UnknownModelError",
@@ -72,3 +74,7 @@ class EstimatorUnavailableError(ScopeError, ConnectionError):
 
 class EmbedderError(ScopeError, RuntimeError):
     """The embedding model could not be loaded or failed to embed."""
+
+
+class ReplayMissError(ScopeError, LookupError):
+    """A replay model (answering from recorded outcomes) was asked a query it has no record of."""

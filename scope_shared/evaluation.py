@@ -8,7 +8,6 @@ Sweeping ``value_per_correct`` traces the router's accuracy/cost curve.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -23,8 +22,10 @@ from scope_shared.data import load_outcomes, load_prices
 from scope_shared.engine import ScopeEngine
 from scope_shared.errors import ConfigError, DataError
 from scope_shared.estimators.base import Estimator
+from scope_shared.metrics import aiq, auroc, expected_calibration_error, hull_aiq, upper_hull
+from scope_shared.policy import utility
 from scope_shared.store import AnchorStore
-from scope_shared.types import Estimate, ModelCard, Outcome
+from scope_shared.types import DEFAULT_TOKENS_PER_CHAR, Estimate, ModelCard, Outcome
 
 __all__ = [
     "DEFAULT_VALUES",
@@ -45,43 +46,6 @@ FloatArray = npt.NDArray[np.float64]
 DEFAULT_VALUES: tuple[float | None, ...] = (0.0, *(float(v) for v in np.logspace(-7, 2, 91)), None)
 
 
-def auroc(scores: Sequence[float] | FloatArray, labels: Sequence[float] | FloatArray) -> float | None:
-    """Area under the ROC curve (ties averaged); labels >= 0.5 are positive. None if one class is absent."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.float64) >= 0.5
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def expected_calibration_error(
-    probs: Sequence[float] | FloatArray, labels: Sequence[float] | FloatArray, *, bins: int = 10
-) -> float:
-    """ECE of probabilities against graded labels, over ``bins`` equal-width bins."""
-    p = np.asarray(probs, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.float64)
-    if len(p) == 0:
-        return float("nan")
-    idx = np.minimum((p * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = idx == b
-        if mask.any():
-            total += mask.sum() * abs(p[mask].mean() - y[mask].mean())
-    return float(total / len(p))
-
-
 @dataclass(frozen=True)
 class ReplayTable:
     """Estimates and recorded outcomes of the routing pool, as dense query x model arrays."""
@@ -94,12 +58,9 @@ class ReplayTable:
     cost: FloatArray  # recorded USD
 
     def choose(self, value_per_correct: float | None) -> npt.NDArray[np.int64]:
-        """Index of the chosen model per query (ties: cheaper estimated cost)."""
-        if value_per_correct is None or math.isinf(value_per_correct):
-            util = self.p.copy()
-        else:
-            util = self.p * value_per_correct - self.est_cost
-        # lexicographic: utility, then lower estimated cost
+        """Index of the chosen model per query: :func:`~scope_shared.policy.choose`'s rule over every query at
+        once (highest utility; ties to the lower estimated cost)."""
+        util = utility(self.p, self.est_cost, value_per_correct)
         best = np.max(util, axis=1, keepdims=True)
         tied = np.isclose(util, best, rtol=0.0, atol=1e-12)
         cost = np.where(tied, self.est_cost, np.inf)
@@ -125,7 +86,7 @@ def replay_table(
     cards: Mapping[str, ModelCard],
     pool: Sequence[str],
     *,
-    tokens_per_char: float = 0.25,
+    tokens_per_char: float = DEFAULT_TOKENS_PER_CHAR,
 ) -> ReplayTable:
     """Dense arrays over the test queries on which every pool model has a recorded outcome."""
     by_q: dict[str, dict[str, Outcome]] = defaultdict(dict)
@@ -186,23 +147,24 @@ def routing_report(
         "router_acc_at_best_single_cost": max((pt["accuracy"] for pt in within), default=None),
         "router_cost_to_match_best_single": (min(matched) / best_cost) if matched and best_cost else None,
         "router_max_accuracy": max(pt["accuracy"] for pt in curve),
-        "aiq": _aiq(curve, float(cost[cheap_j]), best_cost, aiq_steps),
+        **_lift(curve, singles, float(cost[cheap_j]), best_cost, aiq_steps),
     }
 
 
-def _aiq(curve: Sequence[Mapping[str, Any]], lo: float, hi: float, steps: int) -> float | None:
-    """Mean best router accuracy reachable at each of ``steps`` even costs in [lo, hi].
-
-    Below the router's cheapest point, that point's accuracy is used (the curve extends flat).
-    """
-    if not curve or hi <= lo:
-        return None
-    pts = sorted((float(p["cost"]), float(p["accuracy"])) for p in curve)
-    costs = np.array([c for c, _ in pts])
-    best_so_far = np.maximum.accumulate(np.array([a for _, a in pts]))
-    grid = np.linspace(lo, hi, steps)
-    idx = np.searchsorted(costs, grid, side="right") - 1
-    return float(np.where(idx >= 0, best_so_far[np.maximum(idx, 0)], best_so_far[0]).mean())
+def _lift(
+    curve: Sequence[Mapping[str, Any]], singles: Mapping[str, Mapping[str, float]], lo: float, hi: float, steps: int
+) -> dict[str, Any]:
+    """The router's AIQ, the single models' convex hull (random mixtures) and its AIQ over the same costs, and
+    ``lift_over_singles``: how much the router's estimates add above simply mixing single models."""
+    router = aiq(((pt["cost"], pt["accuracy"]) for pt in curve), lo, hi, steps=steps)
+    points = [(s["cost"], s["accuracy"]) for s in singles.values()]
+    hull = hull_aiq(points, lo, hi, steps=steps)
+    return {
+        "aiq": router,
+        "singles_hull": [{"cost": c, "accuracy": a} for c, a in upper_hull(points)],
+        "hull_aiq": hull,
+        "lift_over_singles": None if router is None or hull is None else router - hull,
+    }
 
 
 def _estimation_metrics(

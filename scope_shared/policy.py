@@ -26,7 +26,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
+
+import numpy as np
+import numpy.typing as npt
 
 from scope_shared.errors import BudgetExceededError, ConfigError
 from scope_shared.types import Estimate
@@ -44,13 +47,18 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 OnNoFit = Literal["raise", "cheapest"]
+F = TypeVar("F", float, npt.NDArray[np.float64])
 
 
-def utility(p_correct: float, cost: float, value_per_correct: float | None) -> float:
-    """Expected value of a call in USD (``p * value - cost``); accuracy alone when the value is None/inf."""
+def utility(p_correct: F, cost: F, value_per_correct: float | None) -> F:
+    """Expected value of a call in USD (``p * value - cost``); accuracy alone when the value is None/inf.
+
+    Works elementwise on numpy arrays too (replay evaluation scores every query and model at once).
+    """
     if value_per_correct is None or math.isinf(value_per_correct):
         return p_correct
-    return p_correct * value_per_correct - cost
+    out: F = p_correct * value_per_correct - cost
+    return out
 
 
 @dataclass(frozen=True, slots=True)

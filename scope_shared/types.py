@@ -7,20 +7,42 @@ probabilities are in [0, 1].
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from scope_shared.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_OUTPUT_TOKENS",
+    "DEFAULT_TOKENS_PER_CHAR",
     "AnchorEvidence",
+    "AnchorOutcome",
+    "AnchorRecord",
     "Decision",
     "Estimate",
     "ModelCard",
+    "ModelStats",
     "Outcome",
+    "RouteOptions",
+    "estimate_tokens",
 ]
 
 NonNegFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+USD = Annotated[float, Field(ge=0.0, allow_inf_nan=True)]
+
+#: Tokens per character when nothing better is known (about 4 characters a token in English).
+DEFAULT_TOKENS_PER_CHAR = 0.25
+#: Output tokens assumed for a model with no recorded length at all.
+DEFAULT_OUTPUT_TOKENS = 256.0
+
+
+def estimate_tokens(text: str, tokens_per_char: float = DEFAULT_TOKENS_PER_CHAR) -> float:
+    """Tokens of ``text`` from a tokens-per-character ratio (at least 1)."""
+    return max(1.0, round(len(text) * tokens_per_char))
 
 
 class ModelCard(BaseModel):
@@ -57,6 +79,108 @@ class Outcome(BaseModel):
             msg = "query is empty or whitespace; an outcome needs the question text"
             raise ValueError(msg)
         return value
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorOutcome:
+    """A model's recorded result on one anchor."""
+
+    correct: float
+    output_tokens: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorRecord:
+    """A retrieved anchor: its question, its cosine similarity to the query, and every model's outcome."""
+
+    anchor_id: str
+    question: str
+    similarity: float
+    outcomes: Mapping[str, AnchorOutcome]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStats:
+    """A model's overall record over every anchor in the store."""
+
+    n: int
+    p_correct: float
+    mean_log_tokens: float | None = None
+    n_tokens: int = 0
+
+
+class RouteOptions(BaseModel):
+    """Per-call routing settings; a field left unset takes the engine's setting when the call is routed.
+
+    ``RouteOptions()`` changes nothing; ``RouteOptions(value_per_correct=None)`` explicitly routes on
+    accuracy alone whatever the engine's default. Adapters keep the options they were built with and lay
+    each call's options over them with :meth:`merged`.
+
+    Attributes:
+        value_per_correct: USD a correct answer is worth (None or infinity: accuracy only).
+        max_cost_per_call: USD; candidates whose expected cost exceeds it are excluded (None: no cap).
+        candidates: the models to choose among (None: every model of the engine).
+        force_model: always choose this model (still estimated, reserved and reported).
+        reserve: with a budget, hold the chosen model's expected cost until the call settles.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    value_per_correct: USD | None = None
+    max_cost_per_call: USD | None = None
+    candidates: tuple[str, ...] | None = None
+    force_model: str | None = None
+    reserve: bool = True
+
+    @field_validator("value_per_correct", "max_cost_per_call", mode="before")
+    @classmethod
+    def _usd(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or value < 0:
+            msg = f"must be a USD amount >= 0 or None, got {value!r}"
+            raise ValueError(msg)
+        return float(value)
+
+    @field_validator("candidates", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+            msg = f"must be a non-empty list of model names, got {value!r}"
+            raise ValueError(msg)
+        return tuple(value)
+
+    @classmethod
+    def of(cls, value: RouteOptions | Mapping[str, Any] | None = None, /, **fields: Any) -> RouteOptions:
+        """Options from a RouteOptions, a mapping of its fields or keywords; :class:`ConfigError` if invalid."""
+        if isinstance(value, RouteOptions) and not fields:
+            return value
+        given = value.given() if isinstance(value, RouteOptions) else dict(value or {})
+        try:
+            return cls(**given, **fields)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "options"
+            text = str(first["msg"]).removeprefix("Value error, ")
+            known = ", ".join(cls.model_fields)
+            hint = f" (known options: {known})" if first["type"] == "extra_forbidden" else ""
+            msg = f"route option {where}: {text}{hint}"
+            raise ConfigError(msg) from None
+
+    def merged(self, other: RouteOptions | Mapping[str, Any] | None) -> RouteOptions:
+        """These options with the fields ``other`` sets laid over them."""
+        if other is None:
+            return self
+        over = RouteOptions.of(other)
+        if not over.model_fields_set:
+            return self
+        return RouteOptions.of(self.given() | over.given())
+
+    def given(self) -> dict[str, Any]:
+        """The fields set explicitly, by name."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
 
 
 class AnchorEvidence(BaseModel):

@@ -18,12 +18,9 @@ from collections.abc import Sequence
 
 from scope_shared.errors import ConfigError, NoAnchorDataError
 from scope_shared.estimators.base import Estimator, ModelStats, Prediction, QueryContext
-from scope_shared.types import AnchorEvidence
+from scope_shared.types import DEFAULT_OUTPUT_TOKENS, AnchorEvidence
 
 __all__ = ["AnchorStatsEstimator", "Prior"]
-
-#: Output tokens assumed when neither the neighbours nor the model's record carry token counts.
-DEFAULT_OUTPUT_TOKENS = 256.0
 
 
 class Prior(ModelStats):

@@ -11,16 +11,15 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol, runtime_checkable
 
-from scope_shared.types import AnchorEvidence, Estimate, ModelCard
-
-if TYPE_CHECKING:
-    from scope_shared.store import AnchorStore
+from scope_shared.embeddings import Matrix
+from scope_shared.types import AnchorEvidence, AnchorOutcome, AnchorRecord, Estimate, ModelCard, ModelStats
 
 __all__ = [
     "AnchorOutcome",
     "AnchorRecord",
+    "AnchorSource",
     "Estimator",
     "ModelStats",
     "Prediction",
@@ -28,32 +27,41 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class AnchorOutcome:
-    """A model's recorded result on one anchor."""
+@runtime_checkable
+class AnchorSource(Protocol):
+    """What an estimator that fits on the anchors may read from (and save with) them.
 
-    correct: float
-    output_tokens: float | None = None
+    :class:`~scope_shared.store.AnchorStore` is one; an estimator never needs to know which.
+    """
 
+    def count(self) -> int:
+        """Number of anchors."""
+        ...
 
-@dataclass(frozen=True, slots=True)
-class AnchorRecord:
-    """A retrieved anchor: its question, its cosine similarity to the query, and every model's outcome."""
+    def export(self) -> tuple[list[AnchorRecord], Matrix, list[float | None]]:
+        """Every anchor, its embedding (row-aligned) and its recorded input tokens (None if unknown)."""
+        ...
 
-    anchor_id: str
-    question: str
-    similarity: float
-    outcomes: Mapping[str, AnchorOutcome]
+    def sample(self, n: int, *, seed: int = 0) -> tuple[list[AnchorRecord], Matrix, list[float | None]]:
+        """Like :meth:`export` for ``n`` anchors drawn at random."""
+        ...
 
+    def model_stats(self, *, refresh: bool = False) -> dict[str, ModelStats]:
+        """Each model's overall record."""
+        ...
 
-@dataclass(frozen=True, slots=True)
-class ModelStats:
-    """A model's overall record over every anchor in the store."""
+    @property
+    def tokens_per_char(self) -> float:
+        """Input tokens per character over the anchors."""
+        ...
 
-    n: int
-    p_correct: float
-    mean_log_tokens: float | None = None
-    n_tokens: int = 0
+    def save_state(self, key: str, value: str) -> None:
+        """Keep a text with the anchors, for every process."""
+        ...
+
+    def load_state(self, key: str) -> str | None:
+        """The text last saved under ``key``."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +140,8 @@ class Estimator(ABC):
         raw = await self._apredict(queries, [m.name for m in models])
         return _price(self.name, queries, models, raw)
 
-    def bind(self, store: AnchorStore) -> None:  # noqa: B027 - optional hook
-        """Called by the engine with its store; estimators that fit on the anchors keep it (default: ignored)."""
+    def bind(self, source: AnchorSource) -> None:  # noqa: B027 - optional hook
+        """Called by the engine with its anchors; estimators that fit on them keep it (default: ignored)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients the estimator holds."""

@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -53,12 +53,10 @@ from scope_shared.errors import (
     NoAnchorDataError,
     StoreUnavailableError,
 )
-from scope_shared.estimators.anchors import DEFAULT_OUTPUT_TOKENS, Prior
-from scope_shared.estimators.base import AnchorRecord, Estimator, ModelStats, Prediction, QueryContext
-from scope_shared.types import AnchorEvidence
-
-if TYPE_CHECKING:
-    from scope_shared.store import AnchorStore
+from scope_shared.estimators.anchors import Prior
+from scope_shared.estimators.base import AnchorSource, Estimator, Prediction, QueryContext
+from scope_shared.metrics import auroc, expected_calibration_error
+from scope_shared.types import DEFAULT_OUTPUT_TOKENS, AnchorEvidence, AnchorRecord, ModelStats
 
 __all__ = ["FitReport", "LearnedEstimator", "P_FEATURES", "LENGTH_FEATURES", "text_stats"]
 
@@ -270,27 +268,6 @@ def _ridge(x: FloatArray, y: FloatArray, alpha: float) -> tuple[FloatArray, Floa
     return w, mu, b
 
 
-def _auroc(scores: FloatArray, labels: FloatArray) -> float | None:
-    y = labels >= 0.5
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    ranks = (ends - (counts - 1) / 2.0)[inverse]
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def _ece(p: FloatArray, y: FloatArray, bins: int = 10) -> float:
-    idx = np.minimum((p * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = idx == b
-        if mask.any():
-            total += float(mask.sum() * abs(p[mask].mean() - y[mask].mean()))
-    return total / max(len(p), 1)
-
-
 _STATE_VERSION = 2
 _ARRAYS = ("coef", "coef_no_text", "length_coef", "ridge_w", "ridge_mu")
 
@@ -418,7 +395,7 @@ class LearnedEstimator(Estimator):
         self.seed = seed
         self.max_store_anchors = max_store_anchors
         self.persist = persist
-        self._store: AnchorStore | None = None
+        self._store: AnchorSource | None = None
         self._params: _Params | None = None
         self._lock = threading.Lock()
         self._seen_version: str | None = None
@@ -428,14 +405,14 @@ class LearnedEstimator(Estimator):
     # -- fitting -------------------------------------------------------------------------------
 
     @classmethod
-    def from_store(cls, store: AnchorStore, **options: Any) -> LearnedEstimator:
+    def from_store(cls, store: AnchorSource, **options: Any) -> LearnedEstimator:
         """Build, bind to ``store`` and fit now."""
         est = cls(**options)
         est.bind(store)
         est.fit(store)
         return est
 
-    def bind(self, store: AnchorStore) -> None:
+    def bind(self, store: AnchorSource) -> None:
         """Keep ``store`` for the lazy first fit and later refits (the engine calls this)."""
         self._store = store
 
@@ -448,7 +425,7 @@ class LearnedEstimator(Estimator):
         """The last fit's report (None before the first fit)."""
         return self._params.report if self._params is not None else None
 
-    def fit(self, store: AnchorStore | None = None) -> FitReport:
+    def fit(self, store: AnchorSource | None = None) -> FitReport:
         """Fit on every anchor of ``store`` (default: the bound one) by leave-one-out; returns the report."""
         store = store or self._store
         if store is None:
@@ -494,7 +471,7 @@ class LearnedEstimator(Estimator):
         ]
         return "learned-" + hashlib.sha256(json.dumps(config).encode()).hexdigest()[:16]
 
-    def _save(self, store: AnchorStore) -> None:
+    def _save(self, store: AnchorSource) -> None:
         params = self._params
         if params is None:
             return
@@ -503,7 +480,7 @@ class LearnedEstimator(Estimator):
         except StoreUnavailableError as exc:
             logger.warning("could not save the learned estimator's fit with the store: %s", exc)
 
-    def load(self, store: AnchorStore | None = None) -> FitReport | None:
+    def load(self, store: AnchorSource | None = None) -> FitReport | None:
         """Use the fit saved with ``store`` (default: the bound one) if there is one; returns its report."""
         store = store or self._store
         if store is None:
@@ -622,7 +599,7 @@ class LearnedEstimator(Estimator):
         p_loo_pred = _sigmoid(np.hstack([x, np.ones((len(x), 1))]) @ coef)
         by_model = np.broadcast_to(np.arange(len(models))[None, :], c_fit.shape)[ok]
         aucs = [
-            auc for j in range(len(models)) if (auc := _auroc(p_loo_pred[by_model == j], y[by_model == j])) is not None
+            auc for j in range(len(models)) if (auc := auroc(p_loo_pred[by_model == j], y[by_model == j])) is not None
         ]
 
         ok_t = ~np.isnan(lt_fit) & ~np.isnan(lt_loo)
@@ -646,7 +623,7 @@ class LearnedEstimator(Estimator):
                 else {}
             ),
             loo_auroc_within_model=float(np.mean(aucs)) if aucs else None,
-            loo_ece=_ece(p_loo_pred, y),
+            loo_ece=expected_calibration_error(p_loo_pred, y),
             loo_length_log_mae=length_mae,
             seconds=time.perf_counter() - t0,
             note=""
@@ -756,7 +733,7 @@ class LearnedEstimator(Estimator):
             self._refit_thread = threading.Thread(target=self._refit, args=(store,), name="scope-refit", daemon=True)
             self._refit_thread.start()
 
-    def _refit(self, store: AnchorStore) -> None:
+    def _refit(self, store: AnchorSource) -> None:
         try:
             self.fit(store)
         except Exception:

@@ -65,7 +65,7 @@ from scope_shared.estimators.scope_prompt import (
     build_prompt,
     parse_output,
 )
-from scope_shared.types import AnchorEvidence
+from scope_shared.types import DEFAULT_OUTPUT_TOKENS, AnchorEvidence
 
 __all__ = [
     "DEFAULT_SCOPE_MODEL",
@@ -83,7 +83,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SCOPE_MODEL = "Cooolder/SCOPE"
 #: Output tokens assumed when neither the anchors shown nor the model's record carry token counts.
-DEFAULT_OUTPUT_TOKENS = 256.0
 
 OnNoAnchorData = Literal["raise", "degrade"]
 

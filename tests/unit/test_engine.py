@@ -294,7 +294,7 @@ def test_a_warm_route_is_one_vector_search(store: AnchorStore, cards: list[Model
             calls.append(name)
             return getattr(inner, name)
 
-    store._collection = CountingCollection()
+    store._conn._anchors = CountingCollection()
     eng = ScopeEngine(store=store, models=cards, estimator=spy, value_per_correct=1.0)
     eng.route(POEM)
     eng.route(SUM)

@@ -36,7 +36,7 @@ class SpyCollection:
 
 def spy_on(store: AnchorStore) -> SpyCollection:
     spy = SpyCollection(store._col())
-    store._collection = spy
+    store._conn._anchors = spy
     return spy
 
 
@@ -282,23 +282,12 @@ def test_fill_reads_nearest_records_until_every_model_has_enough() -> None:
     assert s.query(probe, k=9, fill=3) == [full]  # no models named: everything is read
 
 
-def test_questions_live_in_metadata_and_legacy_documents_still_read() -> None:
+def test_questions_live_in_metadata() -> None:
     s = AnchorStore(embedder=HashingEmbedder(), record_cache=0)
     s.add([Outcome(query=MATH[0], model="big", correct=1.0)])
-    col = s._col()
-    got = col.get(include=["documents", "metadatas"])
+    got = s._col().get(include=["documents", "metadatas"])
     assert got["documents"] == [None]  # no full-text-indexed document
     assert got["metadatas"][0]["question"] == MATH[0]
-    # a record written by an earlier version: the question in the document, outcomes in the metadata
-    legacy = MATH[1]
-    col.add(
-        ids=[anchor_id(legacy)],
-        embeddings=s.embed([legacy]),
-        documents=[legacy],
-        metadatas=[{"chars": len(legacy), "c::big": 0.0}],
-    )
-    s.add([Outcome(query=legacy, model="small", correct=1.0)])  # merges into the legacy record
-    [hits] = s.query(s.embed([legacy]), k=2)
-    assert hits[0].question == legacy and set(hits[0].outcomes) == {"big", "small"}
-    assert {r.question for r in s.export()[0]} == {MATH[0], legacy}
-    assert s.get([anchor_id(legacy)])[anchor_id(legacy)].question == legacy
+    [hits] = s.query(s.embed([MATH[0]]), k=1)
+    assert hits[0].question == MATH[0]
+    assert s.get([anchor_id(MATH[0])])[anchor_id(MATH[0])].question == MATH[0]

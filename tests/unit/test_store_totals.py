@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from scope_shared import AnchorStore, HashingEmbedder, Outcome
-from scope_shared.store import STATE_SUFFIX
+from scope_shared.store.chroma import STATE_SUFFIX
 
 from .conftest import MATH, POEMS, sample_outcomes
 
@@ -85,7 +85,7 @@ def test_two_writers_on_one_store_see_each_others_totals(tmp_path: Path) -> None
 def test_a_store_built_before_the_totals_is_counted_once(tmp_path: Path) -> None:
     old = AnchorStore(path=tmp_path, embedder=HashingEmbedder())
     old.add(sample_outcomes())
-    old._client.delete_collection(old._collection_name + STATE_SUFFIX)  # as written by an older version
+    old._conn._client.delete_collection(old.collection_name + STATE_SUFFIX)  # as written by an older version
     reopened = AnchorStore(path=tmp_path, embedder=HashingEmbedder())
     assert reopened.model_stats()["small"].n == 20
     reopened.add([Outcome(query=q, model="small", correct=1.0) for q in POEMS])  # flips 10 outcomes
@@ -95,7 +95,7 @@ def test_a_store_built_before_the_totals_is_counted_once(tmp_path: Path) -> None
 def test_rebuild_recounts_drifted_totals() -> None:
     s = AnchorStore(embedder=HashingEmbedder())
     s.add(sample_outcomes())
-    s._put_state("stats:drift", {"n::big": 5.0, "c::big": 5.0})  # a writer that died mid-write
+    s._side.put("stats:drift", {"n::big": 5.0, "c::big": 5.0})  # a writer that died mid-write
     assert s.model_stats(refresh=True)["big"].n == 25
     s.rebuild_stats()
     assert_same(as_tuples(s), scanned(s))
