@@ -37,8 +37,8 @@ import numpy as np
 from benchmarks._report import emit
 from scope_shared import AnchorStore, load_outcomes
 from scope_shared.embeddings import Embedder, Matrix
-from scope_shared.estimators.registry import build_estimator
 from scope_shared.evaluation import evaluate
+from scope_shared.routing import build_routing
 
 TAIL = 1000
 
@@ -164,7 +164,7 @@ def quality(
         rows = [*load_outcomes(files[0]), *load_outcomes(files[1])]
         emb.embed(list(dict.fromkeys(o.query[-TAIL:] for o in rows)))  # one batched call, before timing
         t0 = time.perf_counter()
-        rep = evaluate(*files, embedder=emb, store=AnchorStore(embedder=emb), estimator=build_estimator(est, k=k), k=k)
+        rep = evaluate(*files, embedder=emb, store=AnchorStore(embedder=emb), **build_routing(est, k=k)._asdict(), k=k)
         e, r = rep["estimation"], rep["routing"]
         out[est] = saved[key] = {"auroc": e["auroc_within_model"], "ece": e["ece"], "aiq": r["aiq"]}
         print(f"  {key}: {out[est]} [{time.perf_counter() - t0:.0f}s]", file=sys.stderr, flush=True)

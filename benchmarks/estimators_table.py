@@ -29,8 +29,8 @@ import numpy as np
 from benchmarks._report import emit
 from scope_shared import AnchorStore, MiniLMEmbedder, ScopeEngine, load_outcomes, load_prices
 from scope_shared.embeddings import Matrix
-from scope_shared.estimators.registry import build_estimator
 from scope_shared.evaluation import evaluate
+from scope_shared.routing import build_routing
 
 OFFLINE = ("anchors", "learned")
 #: Held out per dataset: the best single model and a cheaper strong one.
@@ -78,7 +78,7 @@ def run(
     for est_name in estimators:
         t0 = time.perf_counter()
         store = AnchorStore(embedder=embedder)
-        rep = evaluate(*files, embedder=embedder, store=store, estimator=build_estimator(est_name, k=k), k=k)
+        rep = evaluate(*files, embedder=embedder, store=store, **build_routing(est_name, k=k)._asdict(), k=k)
         e, r = rep["estimation"], rep["routing"]
         full_auroc[est_name] = e["auroc_per_model"]
         cm = r["router_cost_to_match_best_single"]
@@ -95,7 +95,7 @@ def run(
         rep = evaluate(
             *files,
             embedder=embedder,
-            estimator=build_estimator(est_name, k=k),
+            **build_routing(est_name, k=k)._asdict(),
             k=k,
             holdout_models=held,
             holdout_anchors=holdout_anchors,
@@ -130,9 +130,9 @@ def latency(
     queries = list(dict.fromkeys(o.query for o in load_outcomes(test)))[:n]
     known = set(store.model_stats())
     cards = [c for c in load_prices(prices) if c.name in known]
-    engines = {e: ScopeEngine(store=store, models=cards, estimator=build_estimator(e, k=k), k=k) for e in estimators}
+    engines = {e: ScopeEngine(store=store, models=cards, **build_routing(e, k=k)._asdict(), k=k) for e in estimators}
     for engine in engines.values():
-        engine.route(queries[0], reserve=False)  # the learned estimator fits here, once
+        engine.route(queries[0], options={"reserve": False})  # the learned estimator fits here, once
     route: dict[str, list[float]] = {e: [] for e in estimators}
     only: dict[str, list[float]] = {e: [] for e in estimators}
     embed: list[float] = []
@@ -145,7 +145,7 @@ def latency(
         embed.append(time.perf_counter() - t0)
         for e, engine in engines.items():
             t0 = time.perf_counter()
-            engine.route(q, reserve=False)
+            engine.route(q, options={"reserve": False})
             t1 = time.perf_counter()
             engine.estimator.estimate(ctxs, cards)
             t2 = time.perf_counter()

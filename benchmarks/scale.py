@@ -89,10 +89,10 @@ def make_engine(
 ) -> ScopeEngine:
     """The engine as a user builds it: the default estimator unless one is named."""
     if estimator:
-        from scope_shared.estimators.registry import build_estimator
+        from scope_shared.routing import build_routing
 
         return ScopeEngine(
-            store=store, models=cards, estimator=build_estimator(estimator, k=k), k=k, value_per_correct=value
+            store=store, models=cards, **build_routing(estimator, k=k)._asdict(), k=k, value_per_correct=value
         )
     return ScopeEngine(store=store, models=cards, k=k, value_per_correct=value)
 
@@ -551,7 +551,7 @@ def quality(
 ) -> dict[str, Any]:
     """Routed accuracy on held-out prompts over the real base anchors: engine, peer, best single model."""
     engine = make_engine(store, data.cards, args.estimator, k=args.k, value=None)
-    picks = [d.model for d in engine.route_batch(queries, reserve=False)]
+    picks = [d.model for d in engine.route_batch(queries, options={"reserve": False})]
     acc = float(np.mean([data.test[q][m].correct for q, m in zip(queries, picks, strict=True)]))
     single = {
         c.name: float(np.mean([data.test[q][c.name].correct for q in queries if c.name in data.test[q]]))

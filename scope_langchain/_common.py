@@ -36,7 +36,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from scope_shared import BudgetExceededError, ConfigError, Decision, ScopeEngine, UnknownModelError
+from scope_shared import BudgetExceededError, ConfigError, Decision, RouteOptions, ScopeEngine, UnknownModelError
 
 logger = logging.getLogger(__name__)
 
@@ -142,25 +142,6 @@ class Failure:
 # -- settings --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Per-call routing settings: the router's defaults overridden by ``config["configurable"]``."""
-
-    value_per_correct: float | None
-    max_cost_per_call: float | None
-    force_model: str | None
-    candidates: tuple[str, ...]
-
-
-def _usd(name: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or value < 0:
-        msg = f"{name} must be a USD amount >= 0 or None, got {value!r}"
-        raise ConfigError(msg)
-    return float(value)
-
-
 def _known(models: Mapping[str, Any], name: Any, what: str) -> str:
     if not isinstance(name, str) or name not in models:
         msg = f"{what} {name!r} is not one of this router's models: {sorted(models)}"
@@ -168,24 +149,20 @@ def _known(models: Mapping[str, Any], name: Any, what: str) -> str:
     return name
 
 
-def resolve_settings(defaults: Settings, configurable: Mapping[str, Any], models: Mapping[str, Any]) -> Settings:
-    """Override ``defaults`` with the keys of :data:`CONFIG_KEYS` present in ``configurable``."""
-    value, cap = defaults.value_per_correct, defaults.max_cost_per_call
-    force, candidates = defaults.force_model, defaults.candidates
-    if "value_per_correct" in configurable:
-        value = _usd("value_per_correct", configurable["value_per_correct"])
-    if "max_cost_per_call" in configurable:
-        cap = _usd("max_cost_per_call", configurable["max_cost_per_call"])
-    if "force_model" in configurable:
-        raw = configurable["force_model"]
-        force = None if raw is None else _known(models, raw, "force_model")
-    if "candidates" in configurable and configurable["candidates"] is not None:
-        raw = configurable["candidates"]
-        if isinstance(raw, str) or not isinstance(raw, Sequence) or not raw:
-            msg = f"candidates must be a non-empty list of model names, got {raw!r}"
-            raise ConfigError(msg)
-        candidates = tuple(_known(models, n, "candidate") for n in raw)
-    return Settings(value, cap, force, candidates)
+def resolve_settings(
+    defaults: RouteOptions, configurable: Mapping[str, Any], models: Mapping[str, Any]
+) -> RouteOptions:
+    """``defaults`` with the keys of :data:`CONFIG_KEYS` present in ``configurable`` laid over them."""
+    over = {k: configurable[k] for k in CONFIG_KEYS if k in configurable}
+    if over.get("force_model") is not None:
+        _known(models, over["force_model"], "force_model")
+    if "candidates" in over:
+        if over["candidates"] is None:
+            del over["candidates"]
+        else:
+            over = {**RouteOptions.of(candidates=over["candidates"]).given(), **over}
+            over["candidates"] = tuple(_known(models, n, "candidate") for n in over["candidates"])
+    return defaults.merged(over)
 
 
 def validate_setup(engine: Any, models: Any, options: Mapping[str, Any]) -> None:
@@ -212,9 +189,7 @@ def validate_setup(engine: Any, models: Any, options: Mapping[str, Any]) -> None
                 "Name each chat model after its card (the card holds its prices)"
             )
             raise UnknownModelError(msg)
-    for key in ("value_per_correct", "max_cost_per_call"):
-        if key in options:
-            _usd(key, options[key])
+    RouteOptions.of({k: options[k] for k in ("value_per_correct", "max_cost_per_call") if k in options})
     force = options.get("force_model")
     if force is not None:
         _known(models, force, "force_model")
@@ -330,7 +305,7 @@ class Prepared:
     messages: list[BaseMessage]
     question: str
     input_tokens: float | None
-    settings: Settings
+    settings: RouteOptions
 
 
 def _log_retry(state: RetryCallState) -> None:
@@ -375,7 +350,7 @@ class Dispatcher:
 
     engine: ScopeEngine
     models: Mapping[str, Runnable[Any, Any]]
-    defaults: Settings
+    defaults: RouteOptions
     question: QuestionFn | None
     token_counter: TokenCounter | None
     retries: int
@@ -390,7 +365,12 @@ class Dispatcher:
         return cls(
             engine=owner.engine,
             models=owner.models,
-            defaults=Settings(owner.value_per_correct, owner.max_cost_per_call, owner.force_model, tuple(owner.models)),
+            defaults=RouteOptions.of(
+                value_per_correct=owner.value_per_correct,
+                max_cost_per_call=owner.max_cost_per_call,
+                force_model=owner.force_model,
+                candidates=tuple(owner.models),
+            ),
             question=owner.question,
             token_counter=owner.token_counter,
             retries=owner.retries,
@@ -414,7 +394,7 @@ class Dispatcher:
         else:
             whole = "\n".join(t for t in (message_text(m) for m in messages) if t)
             if whole != question:  # system prompt, earlier turns: they are paid for too
-                tokens = self.engine.store.estimate_input_tokens(whole)
+                tokens = self.engine.estimate_tokens(whole)
         settings = resolve_settings(self.defaults, configurable or {}, self.models)
         return Prepared(messages, question, tokens, settings)
 
@@ -424,27 +404,18 @@ class Dispatcher:
         """Each input prepared with its own config; an input that cannot be prepared is its error."""
         return [capture(self.prepare, x, c.get("configurable")) for x, c in zip(inputs, configs, strict=True)]
 
-    def _route_kwargs(self, s: Settings) -> dict[str, Any]:
-        return {
-            "value_per_correct": s.value_per_correct,
-            "max_cost_per_call": s.max_cost_per_call,
-            "candidates": s.candidates,
-            "force_model": s.force_model,
-        }
-
     def decide(self, p: Prepared, *, reserve: bool = True) -> Decision:
-        return self.engine.route(
-            p.question, input_tokens=p.input_tokens, reserve=reserve, **self._route_kwargs(p.settings)
-        )
+        options = p.settings.merged({"reserve": reserve})
+        return self.engine.route(p.question, input_tokens=p.input_tokens, options=options)
 
     async def adecide(self, p: Prepared, *, reserve: bool = True) -> Decision:
         return await self.engine.aroute(
-            p.question, input_tokens=p.input_tokens, reserve=reserve, **self._route_kwargs(p.settings)
+            p.question, input_tokens=p.input_tokens, options=p.settings.merged({"reserve": reserve})
         )
 
     def _batch_groups(self, prepared: Sequence[Prepared | Exception]) -> list[tuple[list[int], dict[str, Any]]]:
         """Per distinct settings: the items' indices and the engine's ``route_batch`` arguments (unreserved)."""
-        groups: dict[Settings, list[int]] = {}
+        groups: dict[RouteOptions, list[int]] = {}
         for i, p in enumerate(prepared):
             if isinstance(p, Prepared):
                 groups.setdefault(p.settings, []).append(i)
@@ -452,7 +423,7 @@ class Dispatcher:
         for s, idx in groups.items():
             ps = [p for p in (prepared[i] for i in idx) if isinstance(p, Prepared)]
             kwargs = {"queries": [p.question for p in ps], "input_tokens": [p.input_tokens for p in ps]}
-            out.append((idx, {**kwargs, "reserve": False, **self._route_kwargs(s)}))
+            out.append((idx, {**kwargs, "options": s.merged({"reserve": False})}))
         return out
 
     def _reserve_in_order(
@@ -469,15 +440,14 @@ class Dispatcher:
             items: Sequence[Decision | Exception] = [ds] * len(idx) if isinstance(ds, Exception) else ds
             for i, d in zip(idx, items, strict=True):
                 out[i] = d
-        if self.engine.ledger is None:
+        if self.engine.remaining_budget is None:
             return out
         for i, d in enumerate(out):
             p = prepared[i]
             if isinstance(d, Decision) and isinstance(p, Prepared):
                 try:
-                    out[i] = self.engine.redecide(
-                        d, max_cost_per_call=p.settings.max_cost_per_call, force_model=p.settings.force_model
-                    )
+                    keep = {"max_cost_per_call": p.settings.max_cost_per_call, "force_model": p.settings.force_model}
+                    out[i] = self.engine.redecide(d, options=keep)
                 except BudgetExceededError as exc:
                     out[i] = exc
         return out
@@ -564,7 +534,7 @@ class Dispatcher:
             return self.engine.redecide(
                 decision,
                 exclude=failed,
-                max_cost_per_call=p.settings.max_cost_per_call,
+                options={"max_cost_per_call": p.settings.max_cost_per_call},
                 reason=f"fallback after {decision.model} failed ({type(exc).__name__})",
             )
         except (BudgetExceededError, ConfigError) as err:

@@ -402,9 +402,9 @@ class ScopeEventHandler(BaseEventHandler):
                 if isinstance(event, LLMCompletionEndEvent)
                 else "\n".join(str(m.content or "") for m in event.messages)
             )
-            inp = int(engine.store.estimate_input_tokens(prompt))
+            inp = int(engine.estimate_tokens(prompt))
         if out is None:
-            out = int(engine.store.estimate_input_tokens(answer)) if answer else 0
+            out = int(engine.estimate_tokens(answer))
         with ticket.lock:
             # A CustomLLM's chat() calls its complete(): both end events carry the same raw object.
             if raw is not None and any(r is raw for r in ticket.raws):
@@ -424,8 +424,8 @@ class ScopeEventHandler(BaseEventHandler):
             return
         if first:
             engine.settle(ticket.decision, cost=cost)
-        elif engine.ledger is not None:
-            engine.ledger.charge(cost)
+        else:
+            engine.charge(ticket.model, input_tokens=inp, output_tokens=out)
 
     def _on_query_end(self, event: QueryEndEvent) -> None:
         response = event.response

@@ -33,8 +33,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.llm import LLM
 
 from scope_llamaindex.events import ScopeCallEvent, text_of, usage_of
-from scope_shared import ConfigError, Decision, ScopeEngine, UnknownModelError
-from scope_shared.engine import UNSET
+from scope_shared import ConfigError, Decision, RouteOptions, ScopeEngine, UnknownModelError
 
 __all__ = ["ScopeLLM"]
 
@@ -90,8 +89,9 @@ class ScopeLLM(LLM):
     Args:
         engine: the routing engine.
         llms: model name (an engine model) -> the LlamaIndex LLM that serves it. Only these are candidates.
-        value_per_correct: USD a correct answer is worth (default: the engine's setting).
-        max_cost_per_call: USD cap per call (default: the engine's setting).
+        options: :class:`~scope_shared.RouteOptions` (or a mapping of its fields) laid over the engine's, e.g.
+            ``{"value_per_correct": 0.01}``; the same fields may also be given as keywords
+            (``value_per_correct=0.01``). Unset fields keep the engine's settings.
         query_from: picks the text to route on from chat messages (default: the last user message).
             ``complete`` routes on the prompt.
         count_tokens: counts prompt tokens for the cost estimate and when a provider reports no usage
@@ -106,8 +106,7 @@ class ScopeLLM(LLM):
     engine: ScopeEngine = Field(exclude=True)
     llms: dict[str, LLM] = Field(exclude=True)
 
-    _value: Any = PrivateAttr(default=UNSET)
-    _cap: Any = PrivateAttr(default=UNSET)
+    _options: RouteOptions = PrivateAttr(default_factory=RouteOptions)
     _query_from: Callable[[Sequence[ChatMessage]], str] | None = PrivateAttr(default=None)
     _count_tokens: Callable[[str], int] | None = PrivateAttr(default=None)
     _warned: set[str] = PrivateAttr(default_factory=set)
@@ -117,11 +116,11 @@ class ScopeLLM(LLM):
         *,
         engine: ScopeEngine,
         llms: Mapping[str, LLM],
-        value_per_correct: float | None = UNSET,
-        max_cost_per_call: float | None = UNSET,
+        options: RouteOptions | Mapping[str, Any] | None = None,
         query_from: Callable[[Sequence[ChatMessage]], str] | None = None,
         count_tokens: Callable[[str], int] | None = None,
         callback_manager: CallbackManager | None = None,
+        **route_options: Any,
     ) -> None:
         if not isinstance(engine, ScopeEngine):
             msg = f"engine must be a ScopeEngine, got {type(engine).__name__}"
@@ -136,10 +135,7 @@ class ScopeLLM(LLM):
             if not isinstance(llm, LLM):
                 msg = f"llms[{name!r}] must be a LlamaIndex LLM, got {type(llm).__name__}"
                 raise ConfigError(msg)
-        for label, v in (("value_per_correct", value_per_correct), ("max_cost_per_call", max_cost_per_call)):
-            if v is not UNSET and v is not None and not (isinstance(v, int | float) and v >= 0):
-                msg = f"{label} must be a USD amount >= 0 or None, got {v!r}"
-                raise ConfigError(msg)
+        given = RouteOptions.of(options, **route_options)
         for label, fn in (("query_from", query_from), ("count_tokens", count_tokens)):
             if fn is not None and not callable(fn):
                 msg = f"{label} must be callable or None"
@@ -148,8 +144,7 @@ class ScopeLLM(LLM):
         if callback_manager is not None:
             kwargs["callback_manager"] = callback_manager
         super().__init__(**kwargs)
-        self._value = value_per_correct
-        self._cap = max_cost_per_call
+        self._options = engine.options.merged(given).merged({"candidates": list(llms)})
         self._query_from = query_from
         self._count_tokens = count_tokens
 
@@ -173,17 +168,11 @@ class ScopeLLM(LLM):
     def _tokens(self, text: str) -> int:
         if self._count_tokens is not None:
             return int(self._count_tokens(text))
-        return int(self.engine.store.estimate_input_tokens(text)) if text else 0
+        return int(self.engine.estimate_tokens(text))
 
     def _route_kwargs(self, query: str, prompt: str) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"candidates": list(self.llms)}
-        if self._value is not UNSET:
-            kwargs["value_per_correct"] = self._value
-        if self._cap is not UNSET:
-            kwargs["max_cost_per_call"] = self._cap
-        if self._count_tokens is not None or prompt != query:
-            kwargs["input_tokens"] = float(self._tokens(prompt))
-        return kwargs
+        tokens = float(self._tokens(prompt)) if self._count_tokens is not None or prompt != query else None
+        return {"input_tokens": tokens, "options": self._options}
 
     def _call(self, decision: Decision, query: str, prompt: str) -> _Call:
         return _Call(uuid.uuid4().hex, decision, query, prompt, self.llms[decision.model])

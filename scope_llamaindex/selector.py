@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from llama_index.core.base.base_selector import BaseSelector, MultiSelection, SelectorResult, SingleSelection
@@ -19,8 +19,7 @@ from llama_index.core.schema import QueryBundle
 from llama_index.core.tools.types import ToolMetadata
 
 from scope_llamaindex.events import Ticket, close_ticket, open_tickets
-from scope_shared import ConfigError, Decision, ScopeEngine, UnknownModelError
-from scope_shared.engine import UNSET
+from scope_shared import ConfigError, Decision, RouteOptions, ScopeEngine, UnknownModelError
 
 __all__ = ["ScopeSelection", "ScopeSelector", "explain"]
 
@@ -97,8 +96,9 @@ class ScopeSelector(BaseSelector):
 
     Args:
         engine: the routing engine; every choice's ``ToolMetadata.name`` must be one of its models.
-        value_per_correct: USD a correct answer is worth (default: the engine's setting).
-        max_cost_per_call: USD cap per call (default: the engine's setting).
+        options: :class:`~scope_shared.RouteOptions` (or a mapping of its fields) laid over the engine's, e.g.
+            ``{"value_per_correct": 0.01}``; the same fields may also be given as keywords
+            (``value_per_correct=0.01``). Unset fields keep the engine's settings.
         max_outputs: 1 for a single selection; more for top-n by utility among the candidates within the
             cost limits (each extra one must also fit the budget), like ``PydanticMultiSelector``.
         reserve: with a budget, hold each selected model's expected cost until a registered
@@ -112,11 +112,11 @@ class ScopeSelector(BaseSelector):
         self,
         *,
         engine: ScopeEngine,
-        value_per_correct: float | None = UNSET,
-        max_cost_per_call: float | None = UNSET,
+        options: RouteOptions | Mapping[str, Any] | None = None,
         max_outputs: int = 1,
         reserve: bool = True,
         count_tokens: Callable[[str], int] | None = None,
+        **route_options: Any,
     ) -> None:
         if not isinstance(engine, ScopeEngine):
             msg = f"engine must be a ScopeEngine, got {type(engine).__name__}"
@@ -124,16 +124,12 @@ class ScopeSelector(BaseSelector):
         if isinstance(max_outputs, bool) or not isinstance(max_outputs, int) or max_outputs < 1:
             msg = f"max_outputs must be an int >= 1, got {max_outputs!r}"
             raise ConfigError(msg)
-        for label, v in (("value_per_correct", value_per_correct), ("max_cost_per_call", max_cost_per_call)):
-            if v is not UNSET and v is not None and not (isinstance(v, int | float) and v >= 0):
-                msg = f"{label} must be a USD amount >= 0 or None, got {v!r}"
-                raise ConfigError(msg)
+        given = RouteOptions.of(options, **route_options)
         if count_tokens is not None and not callable(count_tokens):
             msg = "count_tokens must be a callable str -> int, or None"
             raise ConfigError(msg)
         self.engine = engine
-        self.value_per_correct = value_per_correct
-        self.max_cost_per_call = max_cost_per_call
+        self.options = engine.options.merged(given)
         self.max_outputs = max_outputs
         self.reserve = reserve
         self.count_tokens = count_tokens
@@ -161,10 +157,7 @@ class ScopeSelector(BaseSelector):
                 msg = f"choice {i} has no name; name each tool after one of the engine's models: {known}"
                 raise ConfigError(msg)
             if name not in self.engine.models:
-                msg = (
-                    f"choice {i} is named {name!r}, not a model of the engine; "
-                    f"name each tool after one of {known}"
-                )
+                msg = f"choice {i} is named {name!r}, not a model of the engine; name each tool after one of {known}"
                 raise UnknownModelError(msg)
             if name in names:
                 msg = f"choices {names.index(name)} and {i} are both named {name!r}; one tool per model"
@@ -176,14 +169,8 @@ class ScopeSelector(BaseSelector):
         return names
 
     def _route_kwargs(self, query: QueryBundle, names: list[str]) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"candidates": names, "reserve": self.reserve}
-        if self.value_per_correct is not UNSET:
-            kwargs["value_per_correct"] = self.value_per_correct
-        if self.max_cost_per_call is not UNSET:
-            kwargs["max_cost_per_call"] = self.max_cost_per_call
-        if self.count_tokens is not None:
-            kwargs["input_tokens"] = float(self.count_tokens(query.query_str))
-        return kwargs
+        tokens = float(self.count_tokens(query.query_str)) if self.count_tokens is not None else None
+        return {"input_tokens": tokens, "options": self.options.merged({"candidates": names, "reserve": self.reserve})}
 
     def _select(self, choices: Sequence[ToolMetadata], query: QueryBundle) -> SelectorResult:
         names = self._candidates(choices)
@@ -197,29 +184,24 @@ class ScopeSelector(BaseSelector):
 
     def _extras(self, decision: Decision) -> list[Decision]:
         """The next-best candidates within the cost limits, each with its own reservation."""
-        ledger = self.engine.ledger if self.reserve else None
         extras: list[Decision] = []
         for name in decision.ranking():
             if 1 + len(extras) >= self.max_outputs:
                 break
             if name == decision.model or name not in decision.utilities:
                 continue
-            amount = decision.estimates[name].cost * self.engine.reserve_factor
-            res = ledger.try_reserve(amount, model=name) if ledger is not None else None
-            if ledger is not None and res is None:
-                logger.debug("multi-selection: %s (expected $%.6g) does not fit the budget", name, amount)
-                continue
-            extras.append(
-                decision.model_copy(
-                    update={
-                        "model": name,
-                        "utility": decision.utilities[name],
-                        "reason": f"ranked #{len(extras) + 2} by utility",
-                        "reservation_id": res.id if res else None,
-                        "reserved_cost": res.amount if res else 0.0,
-                    }
-                )
+            reason = f"ranked #{len(extras) + 2} by utility"
+            extra = (
+                self.engine.reserve_next(decision, name, reason=reason)
+                if self.reserve
+                else decision.switched(name, reason=reason)
             )
+            if extra is None:
+                logger.debug(
+                    "multi-selection: %s (expected $%.6g) does not fit the budget", name, decision.estimates[name].cost
+                )
+                continue
+            extras.append(extra)
         return extras
 
     def _result(self, decision: Decision, names: list[str]) -> SelectorResult:

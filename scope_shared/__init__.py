@@ -22,14 +22,16 @@ from scope_shared.errors import (
     EmptyStoreError,
     EstimatorUnavailableError,
     NoAnchorDataError,
+    ReplayMissError,
     ScopeError,
     StoreUnavailableError,
     UnknownModelError,
 )
+from scope_shared.escalation import Escalation
 from scope_shared.estimators import AnchorStatsEstimator, Estimator, Prior
 from scope_shared.policy import Budget, BudgetLedger, choose, utility
 from scope_shared.store import AddReport, AnchorStore
-from scope_shared.types import AnchorEvidence, Decision, Estimate, ModelCard, Outcome
+from scope_shared.types import AnchorEvidence, Decision, Estimate, ModelCard, Outcome, RouteOptions
 
 __version__ = "0.1.0"
 
@@ -49,6 +51,7 @@ __all__ = [
     "Embedder",
     "EmbedderError",
     "EmptyStoreError",
+    "Escalation",
     "Estimate",
     "Estimator",
     "EstimatorUnavailableError",
@@ -58,6 +61,8 @@ __all__ = [
     "NoAnchorDataError",
     "Outcome",
     "Prior",
+    "ReplayMissError",
+    "RouteOptions",
     "ScopeEngine",
     "ScopeError",
     "StoreUnavailableError",

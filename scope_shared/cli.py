@@ -64,8 +64,9 @@ def _store(args: argparse.Namespace) -> Any:
     )
 
 
-def _estimator(args: argparse.Namespace) -> Any:
-    from scope_shared.estimators.registry import build_estimator
+def _routing(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine's ``estimator`` and ``escalation`` for ``--estimator``, as keyword arguments."""
+    from scope_shared.routing import build_routing
 
     options: dict[str, Any] = {}
     if args.vllm_url:
@@ -73,7 +74,7 @@ def _estimator(args: argparse.Namespace) -> Any:
         options["model"] = args.vllm_model  # None: the server's only model
         if args.vllm_key_env:
             options["api_key"] = os.environ.get(args.vllm_key_env)
-    return build_estimator(args.estimator, k=args.k, **options)
+    return build_routing(args.estimator, k=args.k, **options)._asdict()
 
 
 def _fmt_value(v: float | None) -> str:
@@ -107,12 +108,12 @@ def cmd_route(args: argparse.Namespace) -> int:
     engine = ScopeEngine(
         store=store,
         models=load_prices(args.prices),
-        estimator=_estimator(args),
+        **_routing(args),
         k=args.k,
         value_per_correct=args.value,
         max_cost_per_call=args.max_cost,
     )
-    decision = engine.route(args.query, reserve=False)
+    decision = engine.route(args.query, options={"reserve": False})
     if args.json:
         _out(json.dumps(decision.model_dump(mode="json"), indent=2))
         return 0
@@ -182,7 +183,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.test,
         args.prices,
         embedder=_embedder(args.embedder),
-        estimator=_estimator(args),
+        **_routing(args),
         k=args.k,
         holdout_models=[m.strip() for m in args.holdout_models.split(",") if m.strip()],
         holdout_anchors=args.holdout_anchors,
@@ -269,7 +270,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--k", type=int, default=10, help="anchors per estimate")
 
     def estimator_args(sp: argparse.ArgumentParser) -> None:
-        from scope_shared.estimators.registry import DEFAULT_ESTIMATOR, ESTIMATORS
+        from scope_shared.routing import DEFAULT_ESTIMATOR, ESTIMATORS
 
         sp.add_argument("--estimator", default=DEFAULT_ESTIMATOR, choices=list(ESTIMATORS))
         sp.add_argument("--vllm-url", help="OpenAI-compatible vLLM base URL serving the SCOPE model")

@@ -1,59 +1,45 @@
 """The routing engine: store -> estimator -> policy, and outcomes back into the store.
 
-``route()`` and ``aroute()`` share the pure helpers below, so their bodies differ only by ``await``.
+Adapters talk to the engine only: they route (:meth:`ScopeEngine.route` and its batch and async forms, with
+:class:`~scope_shared.types.RouteOptions`), settle, release, record, and use the small facades here
+(:meth:`~ScopeEngine.estimate_tokens`, :meth:`~ScopeEngine.reserve_next`, :meth:`~ScopeEngine.charge`);
+they never reach the store or the ledger. ``route()`` and ``aroute()`` share the pure helpers below, so
+their bodies differ only by ``await``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
 import math
-import threading
-import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from scope_shared.errors import (
     BudgetExceededError,
     ConfigError,
-    DataError,
     EstimatorUnavailableError,
     StoreUnavailableError,
     UnknownModelError,
 )
+from scope_shared.escalation import Escalation
 from scope_shared.estimators.anchors import AnchorStatsEstimator
-from scope_shared.estimators.base import Estimator, ModelStats, QueryContext
+from scope_shared.estimators.base import Estimator, QueryContext, most_anchors
 from scope_shared.estimators.learned import LearnedEstimator
 from scope_shared.policy import Budget, BudgetLedger, OnNoFit, choose
+from scope_shared.recorder import Recorder
 from scope_shared.store import AnchorStore
-from scope_shared.types import Decision, Estimate, ModelCard, Outcome
+from scope_shared.types import Decision, Estimate, ModelCard, ModelStats, Outcome, RouteOptions
 
-__all__ = ["ScopeEngine"]
+__all__ = ["MAX_QUERY_CHARS", "ScopeEngine"]
 
 logger = logging.getLogger(__name__)
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-UNSET: Any = _Unset()
 
 #: Characters of a query used for retrieval and estimation; longer queries are truncated (the default
 #: embedder reads at most 256 word pieces anyway). Costs still use the full length.
 MAX_QUERY_CHARS = 8000
 
-
-@dataclass(frozen=True, slots=True)
-class _Settings:
-    value_per_correct: float | None
-    max_cost_per_call: float | None
-    candidates: tuple[str, ...]
-    force_model: str | None
-    reserve: bool
+Options = RouteOptions | Mapping[str, Any] | None
 
 
 class ScopeEngine:
@@ -62,13 +48,17 @@ class ScopeEngine:
     Args:
         store: the anchor store.
         models: the candidate models and their prices.
-        estimator: an :class:`Estimator`; defaults to :class:`LearnedEstimator` (the best measured; see the
-            README's estimator table), with :class:`AnchorStatsEstimator` as its fallback.
+        estimator: an :class:`Estimator`; defaults to :class:`LearnedEstimator` (the best measured; see
+            docs/estimators.md), with :class:`AnchorStatsEstimator` as its fallback.
         fallback: used when ``estimator`` raises :class:`EstimatorUnavailableError` (decisions are then
             marked degraded); defaults to anchor statistics when the estimator is something else.
+        escalation: a second, costlier estimation stage applied after pricing to queries whose best
+            candidates are close (:class:`~scope_shared.escalation.Escalation`, e.g. SCOPE on vLLM).
         k: anchors retrieved per query.
         value_per_correct: USD a correct answer is worth (see :mod:`scope_shared.policy`); None = accuracy.
-        max_cost_per_call: candidates whose expected cost exceeds this (USD) are excluded.
+            The default of every call whose :class:`RouteOptions` leave it unset.
+        max_cost_per_call: candidates whose expected cost exceeds this (USD) are excluded (the default of
+            every call whose options leave it unset).
         budget: a :class:`Budget` or a shared :class:`BudgetLedger`.
         on_no_fit: ``"raise"`` (:class:`BudgetExceededError`) or ``"cheapest"`` (degraded decision) when no
             candidate fits the limits.
@@ -91,6 +81,7 @@ class ScopeEngine:
         models: Sequence[ModelCard],
         estimator: Estimator | None = None,
         fallback: Estimator | None = None,
+        escalation: Escalation | None = None,
         k: int = 10,
         value_per_correct: float | None = None,
         max_cost_per_call: float | None = None,
@@ -124,60 +115,76 @@ class ScopeEngine:
         if not 0.0 <= write_behind < math.inf:
             msg = f"write_behind must be >= 0 seconds, got {write_behind}"
             raise ConfigError(msg)
-        _check_value(value_per_correct)
-        _check_cost(max_cost_per_call)
-        self.store = store
+        if escalation is not None and not isinstance(escalation, Escalation):
+            msg = f"escalation must be an Escalation, got {type(escalation).__name__}"
+            raise ConfigError(msg)
+        self._defaults = RouteOptions.of(value_per_correct=value_per_correct, max_cost_per_call=max_cost_per_call)
+        self._store = store
         self.models: dict[str, ModelCard] = {c.name: c for c in cards}
         self.estimator = estimator or LearnedEstimator(k=k)
         if fallback is None and not isinstance(self.estimator, AnchorStatsEstimator):
             fallback = AnchorStatsEstimator(k=k)
         self.fallback = fallback
+        self.escalation = escalation
         self.estimator.bind(store)
         if fallback is not None:
             fallback.bind(store)
+        if escalation is not None:
+            escalation.estimator.bind(store)
         self.k = k
-        self.value_per_correct = value_per_correct
-        self.max_cost_per_call = max_cost_per_call
-        self.ledger = BudgetLedger(budget) if isinstance(budget, Budget) else budget
+        self._ledger = BudgetLedger(budget) if isinstance(budget, Budget) else budget
         self.on_no_fit: OnNoFit = on_no_fit
         self.on_store_down = on_store_down
         self.reserve_factor = reserve_factor
-        self.write_behind = write_behind
-        self._pending: list[Outcome] = []
-        self._pending_lock = threading.Lock()
-        self._flush_lock = threading.Lock()  # one writer at a time: batches land in recording order
-        self._queued = threading.Event()
-        self._writer: threading.Thread | None = None
-        self._closing = threading.Event()
+        self._recorder = Recorder(self._write, write_behind=write_behind)
         self._last_stats: Mapping[str, ModelStats] | None = None
 
     def __repr__(self) -> str:
         return (
             f"ScopeEngine(models={list(self.models)}, estimator={self.estimator.name!r}, "
-            f"store={self.store!r}, budget={self.ledger.budget if self.ledger else None})"
+            f"store={self._store!r}, budget={self._ledger.budget if self._ledger else None})"
         )
 
-    # -- settings ------------------------------------------------------------------------------
+    # -- settings and read-only views ----------------------------------------------------------
 
-    def _settings(
-        self,
-        value_per_correct: Any,
-        max_cost_per_call: Any,
-        candidates: Sequence[str] | None,
-        force_model: str | None,
-        reserve: bool,
-    ) -> _Settings:
-        value = self.value_per_correct if value_per_correct is UNSET else value_per_correct
-        cap = self.max_cost_per_call if max_cost_per_call is UNSET else max_cost_per_call
-        _check_value(value)
-        _check_cost(cap)
-        names = tuple(candidates) if candidates is not None else tuple(self.models)
-        if not names:
-            msg = "candidates is empty"
-            raise ConfigError(msg)
-        for name in (*names, *([force_model] if force_model else [])):
+    @property
+    def options(self) -> RouteOptions:
+        """The engine's default route options (``value_per_correct`` and ``max_cost_per_call`` set)."""
+        return self._defaults
+
+    @property
+    def value_per_correct(self) -> float | None:
+        """The default trade-off: USD a correct answer is worth (None: accuracy only)."""
+        return self._defaults.value_per_correct
+
+    @property
+    def max_cost_per_call(self) -> float | None:
+        """The default per-call cap in USD (None: none)."""
+        return self._defaults.max_cost_per_call
+
+    @property
+    def write_behind(self) -> float:
+        return self._recorder.write_behind
+
+    @property
+    def store(self) -> AnchorStore:
+        """The anchor store, for inspection (adapters ask the engine instead: see the module doc)."""
+        return self._store
+
+    @property
+    def ledger(self) -> BudgetLedger | None:
+        """The budget ledger (None without a budget), for inspection; spend goes through the engine."""
+        return self._ledger
+
+    def _resolve(self, options: Options, candidates: Sequence[str] | None = None) -> RouteOptions:
+        """``options`` over the engine's defaults, every field set; model names checked."""
+        resolved = self._defaults.merged(options)
+        if candidates is not None:
+            resolved = resolved.merged(RouteOptions(candidates=tuple(candidates)))
+        names = resolved.candidates if resolved.candidates is not None else tuple(self.models)
+        for name in (*names, *([resolved.force_model] if resolved.force_model else [])):
             self.card(name)
-        return _Settings(value, cap, names, force_model, reserve)
+        return resolved.merged(RouteOptions(candidates=names))
 
     def card(self, name: str) -> ModelCard:
         """The model card of ``name``; :class:`UnknownModelError` with the known names otherwise."""
@@ -186,6 +193,44 @@ class ScopeEngine:
         except KeyError:
             msg = f"unknown model {name!r}; known: {sorted(self.models)}"
             raise UnknownModelError(msg) from None
+
+    # -- facades for adapters ------------------------------------------------------------------
+
+    def estimate_tokens(self, text: str) -> float:
+        """Tokens of ``text`` from the anchors' recorded tokens-per-character ratio (0 for no text)."""
+        return self._store.estimate_input_tokens(text) if text else 0.0
+
+    def cost_of(self, model: str, *, input_tokens: float, output_tokens: float) -> float:
+        """Real USD cost of a call of ``model``."""
+        return self.card(model).cost(input_tokens, output_tokens)
+
+    @property
+    def remaining_budget(self) -> float | None:
+        """What a new reservation may still take (None without a budget)."""
+        return self._ledger.remaining if self._ledger is not None else None
+
+    def reserve_next(self, decision: Decision, model: str, *, reason: str = "") -> Decision | None:
+        """``decision`` for another of its candidates, ``model``, with that model's expected cost reserved.
+
+        For a caller that runs more than the chosen model (a top-n selection): returns None when the
+        reservation does not fit the budget. Without a budget nothing is reserved.
+        """
+        est = decision.estimates[model]
+        res = None
+        if self._ledger is not None:
+            res = self._ledger.try_reserve(est.cost * self.reserve_factor, model=model)
+            if res is None:
+                return None
+        return decision.switched(
+            model, reason=reason, reservation_id=res.id if res else None, reserved=res.amount if res else 0.0
+        )
+
+    def charge(self, model: str, *, input_tokens: float, output_tokens: float) -> float:
+        """Count a call that had no reservation of its own against the budget; returns its USD cost."""
+        cost = self.cost_of(model, input_tokens=input_tokens, output_tokens=output_tokens)
+        if self._ledger is not None:
+            self._ledger.charge(cost)
+        return cost
 
     # -- estimation ----------------------------------------------------------------------------
 
@@ -200,13 +245,13 @@ class ScopeEngine:
             raise ConfigError(msg)
         reason = ""
         try:
-            stats: Mapping[str, ModelStats] = self.store.model_stats()
+            stats: Mapping[str, ModelStats] = self._store.model_stats()
             if not stats:
-                self.store.require_anchors()  # says the store is empty
-            version = self.store.version  # from the cached statistics: no round trip
+                self._store.require_anchors()  # says the store is empty
+            version = self._store.version  # from the cached statistics: no round trip
             self._last_stats = stats
-            vectors = self.store.embed([t[:MAX_QUERY_CHARS] for t in texts])
-            anchors = self.store.query(vectors, k=self._retrieve_k(), fill=self._fill(), models=self.models)
+            vectors = self._store.embed([t[:MAX_QUERY_CHARS] for t in texts])
+            anchors = self._store.query(vectors, k=self._retrieve_k(), fill=self._fill(), models=self.models)
             embeddings: list[Any] = list(vectors)
         except StoreUnavailableError as exc:
             if self.on_store_down == "raise" or self._last_stats is None:
@@ -218,7 +263,7 @@ class ScopeEngine:
         ctxs = [
             QueryContext(
                 query=t,
-                input_tokens=float(n) if n is not None else self.store.estimate_input_tokens(t),
+                input_tokens=float(n) if n is not None else self._store.estimate_input_tokens(t),
                 anchors=a,
                 stats=stats,
                 anchor_version=version,
@@ -233,22 +278,9 @@ class ScopeEngine:
         return self.k * 3
 
     def _fill(self) -> int | None:
-        # Records are read until every candidate has as many outcomes as the estimator uses (None: all).
-        return self.estimator.anchors_per_model
-
-    def _with_value(self, ctxs: Sequence[QueryContext], value: float | None) -> list[QueryContext]:
-        return [
-            QueryContext(
-                query=c.query,
-                input_tokens=c.input_tokens,
-                anchors=c.anchors,
-                stats=c.stats,
-                anchor_version=c.anchor_version,
-                value_per_correct=value,
-                embedding=c.embedding,
-            )
-            for c in ctxs
-        ]
+        # Records are read until every candidate has as many outcomes as the estimators use (None: all).
+        stages = [self.estimator] + ([self.escalation.estimator] if self.escalation is not None else [])
+        return most_anchors(*stages)
 
     def _fallback_or_raise(self, exc: EstimatorUnavailableError) -> Estimator:
         if self.fallback is None:
@@ -263,107 +295,76 @@ class ScopeEngine:
         queries: Sequence[str],
         *,
         input_tokens: Sequence[float | None] | None = None,
-        candidates: Sequence[str] | None = None,
-        value_per_correct: Any = UNSET,
+        options: Options = None,
     ) -> tuple[list[dict[str, Estimate]], str]:
         """Estimates for every query and candidate; returns them and a degradation reason ('' if none)."""
-        s = self._settings(value_per_correct, UNSET, candidates, None, False)
+        s = self._resolve(options)
         ctxs, reason = self.contexts(queries, input_tokens=input_tokens)
-        ctxs = self._with_value(ctxs, s.value_per_correct)
-        cards = [self.models[n] for n in s.candidates]
+        cards = [self.models[n] for n in s.candidates or ()]
         try:
-            return self.estimator.estimate(ctxs, cards), reason
+            rows = self.estimator.estimate(ctxs, cards)
         except EstimatorUnavailableError as exc:
-            est = self._fallback_or_raise(exc)
-            return est.estimate(ctxs, cards), _join(reason, f"estimator unavailable: {exc}")
+            rows = self._fallback_or_raise(exc).estimate(ctxs, cards)
+            return rows, _join(reason, f"estimator unavailable: {exc}")
+        if self.escalation is None:
+            return rows, reason
+        try:
+            return self.escalation.apply(ctxs, rows, cards, s.value_per_correct), reason
+        except EstimatorUnavailableError as exc:
+            logger.warning("escalation to %s unavailable (%s); first-stage estimates kept", self.escalation.name, exc)
+            return rows, _join(reason, f"escalation unavailable: {exc}")
 
     async def aestimate(
         self,
         queries: Sequence[str],
         *,
         input_tokens: Sequence[float | None] | None = None,
-        candidates: Sequence[str] | None = None,
-        value_per_correct: Any = UNSET,
+        options: Options = None,
     ) -> tuple[list[dict[str, Estimate]], str]:
         """Async form of :meth:`estimate`."""
-        s = self._settings(value_per_correct, UNSET, candidates, None, False)
+        s = self._resolve(options)
         ctxs, reason = await asyncio.to_thread(self.contexts, queries, input_tokens=input_tokens)
-        ctxs = self._with_value(ctxs, s.value_per_correct)
-        cards = [self.models[n] for n in s.candidates]
+        cards = [self.models[n] for n in s.candidates or ()]
         try:
-            return await self.estimator.aestimate(ctxs, cards), reason
+            rows = await self.estimator.aestimate(ctxs, cards)
         except EstimatorUnavailableError as exc:
-            est = self._fallback_or_raise(exc)
-            return await est.aestimate(ctxs, cards), _join(reason, f"estimator unavailable: {exc}")
+            rows = await self._fallback_or_raise(exc).aestimate(ctxs, cards)
+            return rows, _join(reason, f"estimator unavailable: {exc}")
+        if self.escalation is None:
+            return rows, reason
+        try:
+            return await self.escalation.aapply(ctxs, rows, cards, s.value_per_correct), reason
+        except EstimatorUnavailableError as exc:
+            logger.warning("escalation to %s unavailable (%s); first-stage estimates kept", self.escalation.name, exc)
+            return rows, _join(reason, f"escalation unavailable: {exc}")
 
     # -- routing -------------------------------------------------------------------------------
 
-    def route(
-        self,
-        query: str,
-        *,
-        input_tokens: float | None = None,
-        value_per_correct: Any = UNSET,
-        max_cost_per_call: Any = UNSET,
-        candidates: Sequence[str] | None = None,
-        force_model: str | None = None,
-        reserve: bool = True,
-    ) -> Decision:
+    def route(self, query: str, *, input_tokens: float | None = None, options: Options = None) -> Decision:
         """Decide which model should answer ``query``.
 
-        With a budget, the chosen model's expected cost is reserved until :meth:`settle`, :meth:`record`
-        or :meth:`release` is called with the decision (``reserve=False`` only decides).
+        ``options`` (:class:`RouteOptions` or a mapping of its fields) override the engine's settings for
+        this call. With a budget, the chosen model's expected cost is reserved until :meth:`settle`,
+        :meth:`record` or :meth:`release` is called with the decision (``reserve=False`` only decides).
         """
-        return self.route_batch(
-            [query],
-            input_tokens=[input_tokens],
-            value_per_correct=value_per_correct,
-            max_cost_per_call=max_cost_per_call,
-            candidates=candidates,
-            force_model=force_model,
-            reserve=reserve,
-        )[0]
+        return self.route_batch([query], input_tokens=[input_tokens], options=options)[0]
 
     def route_batch(
         self,
         queries: Sequence[str],
         *,
         input_tokens: Sequence[float | None] | None = None,
-        value_per_correct: Any = UNSET,
-        max_cost_per_call: Any = UNSET,
-        candidates: Sequence[str] | None = None,
-        force_model: str | None = None,
-        reserve: bool = True,
+        options: Options = None,
     ) -> list[Decision]:
         """Route several queries with one retrieval and one estimator call."""
         self.flush()
-        s = self._settings(value_per_correct, max_cost_per_call, candidates, force_model, reserve)
-        estimates, reason = self.estimate(
-            queries, input_tokens=input_tokens, candidates=s.candidates, value_per_correct=s.value_per_correct
-        )
+        s = self._resolve(options)
+        estimates, reason = self.estimate(queries, input_tokens=input_tokens, options=s)
         return self._decide_all(queries, estimates, s, reason)
 
-    async def aroute(
-        self,
-        query: str,
-        *,
-        input_tokens: float | None = None,
-        value_per_correct: Any = UNSET,
-        max_cost_per_call: Any = UNSET,
-        candidates: Sequence[str] | None = None,
-        force_model: str | None = None,
-        reserve: bool = True,
-    ) -> Decision:
+    async def aroute(self, query: str, *, input_tokens: float | None = None, options: Options = None) -> Decision:
         """Async form of :meth:`route`."""
-        decisions = await self.aroute_batch(
-            [query],
-            input_tokens=[input_tokens],
-            value_per_correct=value_per_correct,
-            max_cost_per_call=max_cost_per_call,
-            candidates=candidates,
-            force_model=force_model,
-            reserve=reserve,
-        )
+        decisions = await self.aroute_batch([query], input_tokens=[input_tokens], options=options)
         return decisions[0]
 
     async def aroute_batch(
@@ -371,22 +372,16 @@ class ScopeEngine:
         queries: Sequence[str],
         *,
         input_tokens: Sequence[float | None] | None = None,
-        value_per_correct: Any = UNSET,
-        max_cost_per_call: Any = UNSET,
-        candidates: Sequence[str] | None = None,
-        force_model: str | None = None,
-        reserve: bool = True,
+        options: Options = None,
     ) -> list[Decision]:
         """Async form of :meth:`route_batch`."""
         await asyncio.to_thread(self.flush)
-        s = self._settings(value_per_correct, max_cost_per_call, candidates, force_model, reserve)
-        estimates, reason = await self.aestimate(
-            queries, input_tokens=input_tokens, candidates=s.candidates, value_per_correct=s.value_per_correct
-        )
+        s = self._resolve(options)
+        estimates, reason = await self.aestimate(queries, input_tokens=input_tokens, options=s)
         return self._decide_all(queries, estimates, s, reason)
 
     def _decide_all(
-        self, queries: Sequence[str], estimates: Sequence[dict[str, Estimate]], s: _Settings, reason: str
+        self, queries: Sequence[str], estimates: Sequence[dict[str, Estimate]], s: RouteOptions, reason: str
     ) -> list[Decision]:
         decisions: list[Decision] = []
         try:
@@ -399,35 +394,30 @@ class ScopeEngine:
         return decisions
 
     def redecide(
-        self,
-        decision: Decision,
-        *,
-        exclude: Sequence[str] = (),
-        max_cost_per_call: Any = UNSET,
-        force_model: str | None = None,
-        reserve: bool = True,
-        reason: str = "",
+        self, decision: Decision, *, exclude: Sequence[str] = (), options: Options = None, reason: str = ""
     ) -> Decision:
         """Choose again from ``decision``'s estimates, without retrieving or estimating again.
 
         For a fallback after the chosen model failed (``exclude`` it; release the old decision first), or
-        to reserve, item by item, a batch routed with ``reserve=False``. ``reason`` is added to the new
-        decision's reason.
+        to reserve, item by item, a batch routed with ``reserve=False``. The trade-off stays the decision's;
+        ``options`` may set ``max_cost_per_call``, ``force_model`` and ``reserve``. ``reason`` is added to
+        the new decision's reason.
         """
         left = {n: e for n, e in decision.estimates.items() if n not in set(exclude)}
         if not left:
             msg = f"every candidate is excluded ({sorted(exclude)}); nothing left to choose from"
             raise ConfigError(msg)
-        s = self._settings(decision.value_per_correct, max_cost_per_call, tuple(left), force_model, reserve)
+        s = self._resolve(options, candidates=tuple(left))
+        s = s.merged(RouteOptions(value_per_correct=decision.value_per_correct))
         new = self._decide(decision.query, left, s, reason)
         if decision.degraded and not new.degraded:  # keep a degraded estimation visible
             new = new.model_copy(update={"degraded": True, "reason": _join(new.reason, decision.reason)})
         return new
 
-    def _decide(self, query: str, estimates: dict[str, Estimate], s: _Settings, reason: str) -> Decision:
+    def _decide(self, query: str, estimates: dict[str, Estimate], s: RouteOptions, reason: str) -> Decision:
         degraded_est = [f"{n}: {e.reason}" for n, e in estimates.items() if e.degraded]
         reason = _join(reason, "; ".join(degraded_est))
-        ledger = self.ledger if s.reserve else None
+        ledger = self._ledger if s.reserve else None
         if s.force_model is not None:
             est = estimates[s.force_model]
             res = None
@@ -487,10 +477,6 @@ class ScopeEngine:
 
     # -- settling and recording ----------------------------------------------------------------
 
-    def cost_of(self, model: str, *, input_tokens: float, output_tokens: float) -> float:
-        """Real USD cost of a call of ``model``."""
-        return self.card(model).cost(input_tokens, output_tokens)
-
     def settle(
         self,
         decision: Decision | str,
@@ -502,7 +488,7 @@ class ScopeEngine:
     ) -> float | None:
         """Settle a decision's reservation with the real cost; returns the cost settled (None if nothing)."""
         rid = decision.reservation_id if isinstance(decision, Decision) else decision
-        if self.ledger is None or rid is None:
+        if self._ledger is None or rid is None:
             return None
         if cost is None:
             name = model or (decision.model if isinstance(decision, Decision) else None)
@@ -510,14 +496,14 @@ class ScopeEngine:
                 msg = "settle needs cost=, or model with input_tokens and output_tokens"
                 raise ConfigError(msg)
             cost = self.cost_of(name, input_tokens=input_tokens, output_tokens=output_tokens)
-        return cost if self.ledger.settle(rid, cost) else None
+        return cost if self._ledger.settle(rid, cost) else None
 
     def release(self, decision: Decision | str) -> bool:
         """Release a decision's reservation when its call never ran."""
         rid = decision.reservation_id if isinstance(decision, Decision) else decision
-        if self.ledger is None or rid is None:
+        if self._ledger is None or rid is None:
             return False
-        return self.ledger.release(rid)
+        return self._ledger.release(rid)
 
     def record(self, outcome: Outcome, *, decision: Decision | str | None = None) -> None:
         """Write a real outcome into the store (retried later if the store is down) and settle its cost.
@@ -532,101 +518,28 @@ class ScopeEngine:
                 input_tokens=outcome.input_tokens,
                 output_tokens=outcome.output_tokens,
             )
-        with self._pending_lock:
-            self._pending.append(outcome)
-        if self.write_behind > 0 and not self._closing.is_set():
-            self._start_writer()
-            self._queued.set()
-        else:
-            self.flush()
+        self._recorder.put(outcome)
 
-    async def arecord(self, outcome: Outcome, *, decision: Decision | str | None = None) -> None:
-        """Async form of :meth:`record`."""
-        await asyncio.to_thread(self.record, outcome, decision=decision)
+    def _write(self, outcomes: Sequence[Outcome]) -> None:
+        self._store.add(outcomes, progress=False)
 
     @property
     def pending(self) -> int:
         """Outcomes not written yet: queued by ``write_behind``, or kept while the store was down."""
-        with self._pending_lock:
-            return len(self._pending)
+        return self._recorder.pending
 
     def flush(self) -> int:
         """Write the outcomes not written yet, in one batch; returns how many were written.
 
-        Of several outcomes of one model on one query, the last recorded is written (as writing them one by
-        one would leave it). If the store is down they stay queued; if the store rejects them, the
-        :class:`DataError` is raised and they are dropped, so they cannot block later outcomes.
+        Of several outcomes of one model on one query, the last recorded is written. If the store is down
+        they stay queued; if the store rejects them, the :class:`DataError` is raised and they are dropped,
+        so they cannot block later outcomes.
         """
-        with self._flush_lock:
-            with self._pending_lock:
-                taken = list(self._pending)
-            if not taken:
-                return 0
-            batch = list({(o.query, o.model): o for o in taken}.values())
-            try:
-                self.store.add(batch, progress=False)
-            except StoreUnavailableError as exc:
-                logger.warning("anchor store unavailable; %d outcome(s) kept for retry: %s", len(taken), exc)
-                return 0
-            except DataError:
-                with self._pending_lock:
-                    del self._pending[: len(taken)]
-                raise
-            with self._pending_lock:
-                del self._pending[: len(taken)]  # only flush removes, under _flush_lock: these are the first
-            return len(taken)
+        return self._recorder.flush()
 
     def close(self) -> None:
         """Write what is queued and stop the write-behind thread (a later ``record`` writes at once)."""
-        self._closing.set()
-        self._queued.set()
-        writer = self._writer
-        if writer is not None and writer is not threading.current_thread():
-            writer.join(timeout=max(5.0, 2 * self.write_behind))
-        self.flush()
-
-    def _start_writer(self) -> None:
-        if self._writer is not None and self._writer.is_alive():
-            return
-        with self._pending_lock:
-            if self._writer is not None and self._writer.is_alive():
-                return
-            ref = weakref.ref(self)
-            self._writer = threading.Thread(target=_write_loop, args=(ref, self._queued), daemon=True)
-            self._writer.name = "scope-write-behind"
-            self._writer.start()
-            atexit.register(_close_at_exit, ref)
-
-
-def _write_loop(ref: weakref.ReferenceType[ScopeEngine], queued: threading.Event) -> None:
-    """The write-behind thread: wait for a queued outcome, gather for ``write_behind`` seconds, write."""
-    while True:
-        fired = queued.wait(timeout=30.0)
-        engine = ref()
-        if engine is None:  # the engine was collected: nothing left to write for
-            return
-        if not fired:
-            del engine
-            continue
-        closing = engine._closing  # noqa: SLF001 - the engine's own thread
-        closing.wait(engine.write_behind)  # gather what else is recorded meanwhile; close() cuts it short
-        queued.clear()
-        try:
-            engine.flush()
-        except Exception:
-            logger.exception("write-behind: recorded outcomes could not be written")
-        if closing.is_set():
-            return
-        if engine.pending:  # the store was down: try again after another wait
-            closing.wait(max(engine.write_behind, 1.0))
-            queued.set()
-        del engine
-
-
-def _close_at_exit(ref: weakref.ReferenceType[ScopeEngine]) -> None:
-    engine = ref()
-    if engine is not None and engine.pending:
-        engine.close()
+        self._recorder.close()
 
 
 def _clean_query(query: Any) -> str:
@@ -640,18 +553,6 @@ def _clean_query(query: Any) -> str:
         msg = "query is empty or whitespace; nothing to route"
         raise ConfigError(msg)
     return query
-
-
-def _check_value(value: float | None) -> None:
-    if value is not None and (math.isnan(value) or value < 0):
-        msg = f"value_per_correct must be >= 0 USD (or None for accuracy only), got {value}"
-        raise ConfigError(msg)
-
-
-def _check_cost(cap: float | None) -> None:
-    if cap is not None and (math.isnan(cap) or cap < 0):
-        msg = f"max_cost_per_call must be >= 0 USD or None, got {cap}"
-        raise ConfigError(msg)
 
 
 def _join(*parts: str) -> str:

@@ -21,6 +21,7 @@ import numpy.typing as npt
 from scope_shared.data import load_outcomes, load_prices
 from scope_shared.engine import ScopeEngine
 from scope_shared.errors import ConfigError, DataError
+from scope_shared.escalation import Escalation, escalated
 from scope_shared.estimators.base import Estimator
 from scope_shared.metrics import aiq, auroc, expected_calibration_error, hull_aiq, upper_hull
 from scope_shared.policy import utility
@@ -211,6 +212,7 @@ def evaluate(
     *,
     embedder: Any = None,
     estimator: Estimator | None = None,
+    escalation: Escalation | None = None,
     store: AnchorStore | None = None,
     k: int = 10,
     values: Sequence[float | None] = DEFAULT_VALUES,
@@ -227,6 +229,7 @@ def evaluate(
         prices: a price table (or model cards); only priced models are estimated and routed.
         embedder: the store's embedder (default all-MiniLM-L6-v2).
         estimator: default the engine's (the learned estimator).
+        escalation: an optional second estimation stage (see :class:`~scope_shared.escalation.Escalation`).
         store: an empty store to load into (default: a fresh in-memory one).
         pool: models to route over (default: priced models with an outcome on every test query).
         holdout_models: models treated as newly added: their anchor outcomes are cut down to
@@ -248,7 +251,9 @@ def evaluate(
         store = AnchorStore(embedder=embedder)
     store.add([o for o in anchor_rows if o.model in known])
     t_load = time.perf_counter() - t0
-    engine = ScopeEngine(store=store, models=[cards[m] for m in sorted(known)], estimator=estimator, k=k)
+    engine = ScopeEngine(
+        store=store, models=[cards[m] for m in sorted(known)], estimator=estimator, escalation=escalation, k=k
+    )
     queries = list(dict.fromkeys(o.query for o in test_rows))
     in_tok: dict[str, float] = {}
     for o in test_rows:
@@ -342,7 +347,7 @@ def _holdout_report(
 
 
 def _escalated_share(estimates: Mapping[str, Mapping[str, Estimate]]) -> float | None:
-    flags = [any("escalated" in e.reason for e in per.values()) for per in estimates.values()]
+    flags = [escalated(per) for per in estimates.values()]
     return float(np.mean(flags)) if flags else None
 
 

@@ -163,10 +163,10 @@ class RouteOptions(BaseModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "options"
-            text = str(first["msg"]).removeprefix("Value error, ")
-            known = ", ".join(cls.model_fields)
-            hint = f" (known options: {known})" if first["type"] == "extra_forbidden" else ""
-            msg = f"route option {where}: {text}{hint}"
+            if first["type"] == "extra_forbidden":
+                msg = f"unknown route option {where!r}; known: {', '.join(cls.model_fields)}"
+            else:
+                msg = f"{where} {str(first['msg']).removeprefix('Value error, ')}"
             raise ConfigError(msg) from None
 
     def merged(self, other: RouteOptions | Mapping[str, Any] | None) -> RouteOptions:
@@ -237,6 +237,20 @@ class Decision(BaseModel):
     def estimate(self) -> Estimate:
         """The chosen model's estimate."""
         return self.estimates[self.model]
+
+    def switched(
+        self, model: str, *, reason: str = "", reservation_id: str | None = None, reserved: float = 0.0
+    ) -> Decision:
+        """This decision for another of its candidates, ``model`` (e.g. the runner-up of a top-n selection)."""
+        return self.model_copy(
+            update={
+                "model": model,
+                "utility": self.utilities.get(model, float("nan")),
+                "reason": reason or self.reason,
+                "reservation_id": reservation_id,
+                "reserved_cost": reserved,
+            }
+        )
 
     def ranking(self) -> list[str]:
         """Candidate models, best utility first (excluded ones last)."""

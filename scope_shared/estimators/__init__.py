@@ -4,12 +4,13 @@ from scope_shared.estimators.anchors import AnchorStatsEstimator, Prior
 from scope_shared.estimators.base import (
     AnchorOutcome,
     AnchorRecord,
+    AnchorSource,
     Estimator,
     ModelStats,
     Prediction,
     QueryContext,
 )
-from scope_shared.estimators.hybrid import GatedEstimator, HybridEstimator, escalated
+from scope_shared.estimators.hybrid import HybridEstimator
 from scope_shared.estimators.learned import FitReport, LearnedEstimator
 from scope_shared.estimators.scope_prompt import SCOPE_COT, SCOPE_NOCOT, PromptTemplate
 from scope_shared.estimators.scope_vllm import (
@@ -23,10 +24,10 @@ from scope_shared.estimators.scope_vllm import (
 __all__ = [
     "AnchorOutcome",
     "AnchorRecord",
+    "AnchorSource",
     "AnchorStatsEstimator",
     "Estimator",
     "FitReport",
-    "GatedEstimator",
     "HTTPBackend",
     "HybridEstimator",
     "InProcessBackend",
@@ -41,5 +42,4 @@ __all__ = [
     "SamplingConfig",
     "ScopeBackend",
     "ScopeLLMEstimator",
-    "escalated",
 ]

@@ -24,6 +24,7 @@ __all__ = [
     "ModelStats",
     "Prediction",
     "QueryContext",
+    "most_anchors",
 ]
 
 
@@ -73,7 +74,6 @@ class QueryContext:
     anchors: tuple[AnchorRecord, ...]
     stats: Mapping[str, ModelStats]
     anchor_version: str = ""
-    value_per_correct: float | None = None
     embedding: Sequence[float] | None = field(default=None, repr=False, compare=False)
 
 
@@ -145,6 +145,12 @@ class Estimator(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients the estimator holds."""
+
+
+def most_anchors(*estimators: Estimator) -> int | None:
+    """The most anchors per model any of ``estimators`` uses (None if one of them may use them all)."""
+    counts = [e.anchors_per_model for e in estimators]
+    return None if None in counts else max(c for c in counts if c is not None)
 
 
 def _clip01(value: float) -> float:

@@ -12,7 +12,7 @@ from tests.unit.langchain_fakes import CARDS, MATH_Q, calls, fake, make_engine, 
 
 
 async def test_200_concurrent_callers_never_overspend() -> None:
-    probe = make_engine().route(MATH_Q, reserve=False)
+    probe = make_engine().route(MATH_Q, options={"reserve": False})
     strong = probe.estimates["strong"].cost
     real = CARDS[2].cost(12, 120)  # what a strong answer below really costs
     assert real < strong

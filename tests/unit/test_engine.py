@@ -20,8 +20,9 @@ from scope_shared import (
     UnknownModelError,
 )
 from scope_shared.errors import EstimatorUnavailableError
+from scope_shared.escalation import Escalation
 from scope_shared.estimators import AnchorStatsEstimator, Estimator, Prediction, QueryContext
-from scope_shared.estimators.registry import build_estimator
+from scope_shared.routing import build_routing
 from scope_shared.store import anchor_id
 
 from .conftest import CountingEmbedder
@@ -36,7 +37,7 @@ def test_routes_by_expected_utility(store: AnchorStore, cards: list[ModelCard]) 
     assert poem.model == "big"  # small fails poems
     assert arith.estimates["small"].p_correct > 0.8 > 0.2 > poem.estimates["small"].p_correct
     # both are right on arithmetic: once a correct answer is worth little, the cheap model wins it
-    cheap = eng.route_batch([POEM, SUM], value_per_correct=1e-4)
+    cheap = eng.route_batch([POEM, SUM], options={"value_per_correct": 1e-4})
     assert cheap[1].model == "small"
     assert arith.estimates["big"].cost > 10 * arith.estimates["small"].cost
     assert poem.estimates["small"].p_correct < 0.5 < poem.estimates["big"].p_correct
@@ -49,7 +50,7 @@ def test_routes_by_expected_utility(store: AnchorStore, cards: list[ModelCard]) 
 def test_accuracy_only_and_per_call_override(store: AnchorStore, cards: list[ModelCard]) -> None:
     eng = ScopeEngine(store=store, models=cards)  # accuracy only
     assert eng.route(SUM).model == "big"
-    assert eng.route(SUM, value_per_correct=0.0).model == "small"
+    assert eng.route(SUM, options={"value_per_correct": 0.0}).model == "small"
 
 
 def test_max_cost_per_call_and_no_fit(store: AnchorStore, cards: list[ModelCard]) -> None:
@@ -59,8 +60,8 @@ def test_max_cost_per_call_and_no_fit(store: AnchorStore, cards: list[ModelCard]
     eng2 = ScopeEngine(store=store, models=cards, max_cost_per_call=1e-9, on_no_fit="cheapest")
     d = eng2.route(POEM)
     assert d.model == "small" and d.degraded and "cheapest" in d.reason
-    big_cost = eng.route(POEM, max_cost_per_call=None).estimates["big"].cost
-    d = eng.route(POEM, max_cost_per_call=big_cost * 0.99)
+    big_cost = eng.route(POEM, options={"max_cost_per_call": None}).estimates["big"].cost
+    d = eng.route(POEM, options={"max_cost_per_call": big_cost * 0.99})
     assert d.model == "small" and "big" in d.excluded
 
 
@@ -78,7 +79,7 @@ def test_budget_reserve_settle_release(store: AnchorStore, cards: list[ModelCard
 
 
 def test_budget_exhaustion_moves_to_cheaper_then_raises(store: AnchorStore, cards: list[ModelCard]) -> None:
-    probe = ScopeEngine(store=store, models=cards).route(POEM, reserve=False)
+    probe = ScopeEngine(store=store, models=cards).route(POEM, options={"reserve": False})
     big, small = probe.estimates["big"].cost, probe.estimates["small"].cost
     eng = ScopeEngine(store=store, models=cards, budget=Budget(limit=small * 2.5))
     assert big > small * 2.5
@@ -91,13 +92,13 @@ def test_budget_exhaustion_moves_to_cheaper_then_raises(store: AnchorStore, card
 
 def test_force_model_and_unknown_models(store: AnchorStore, cards: list[ModelCard]) -> None:
     eng = ScopeEngine(store=store, models=cards, value_per_correct=1.0)
-    d = eng.route(SUM, force_model="big")
+    d = eng.route(SUM, options={"force_model": "big"})
     assert d.model == "big" and "forced" in d.reason
     with pytest.raises(UnknownModelError, match="unknown model 'gpt-9'; known: \\['big', 'small'\\]"):
-        eng.route(SUM, force_model="gpt-9")
+        eng.route(SUM, options={"force_model": "gpt-9"})
     with pytest.raises(UnknownModelError):
-        eng.route(SUM, candidates=["big", "nope"])
-    assert eng.route(SUM, candidates=["big"]).model == "big"
+        eng.route(SUM, options={"candidates": ["big", "nope"]})
+    assert eng.route(SUM, options={"candidates": ["big"]}).model == "big"
 
 
 @pytest.mark.parametrize("bad", ["", "   \n\t", b"bytes query", None])
@@ -178,7 +179,7 @@ def test_write_behind_queues_records_and_writes_them_in_the_background(
     while quick.pending and time.monotonic() < deadline:
         time.sleep(0.02)
     assert quick.pending == 0 and store.count() == 22  # written by the background thread
-    writer = quick._writer
+    writer = quick._recorder._writer
     assert writer is not None and writer.name == "scope-write-behind" and writer.is_alive()
 
     slow = ScopeEngine(store=store, models=cards, write_behind=30.0)
@@ -186,15 +187,15 @@ def test_write_behind_queues_records_and_writes_them_in_the_background(
     started = time.monotonic()
     slow.close()  # writes what is queued without waiting out write_behind
     assert time.monotonic() - started < 5 and slow.pending == 0 and store.count() == 23
-    assert slow._writer is not None and not slow._writer.is_alive()
+    assert slow._recorder._writer is not None and not slow._recorder._writer.is_alive()
     slow.record(Outcome(query="compose an ode to pepper", model="big", correct=1.0))
     assert slow.pending == 0 and store.count() == 24  # after close, records are written at once
 
 
 def test_async_matches_sync(store: AnchorStore, cards: list[ModelCard]) -> None:
     eng = ScopeEngine(store=store, models=cards, value_per_correct=1.0)
-    sync = eng.route_batch([POEM, SUM], reserve=False)
-    got = asyncio.run(eng.aroute_batch([POEM, SUM], reserve=False))
+    sync = eng.route_batch([POEM, SUM], options={"reserve": False})
+    got = asyncio.run(eng.aroute_batch([POEM, SUM], options={"reserve": False}))
     assert [d.model for d in got] == [d.model for d in sync]
     assert got[0].estimates["big"].p_correct == pytest.approx(sync[0].estimates["big"].p_correct)
 
@@ -276,11 +277,49 @@ class SpyEstimator(AnchorStatsEstimator):
         return super()._predict(queries, models)
 
 
-def test_query_context_carries_value(store: AnchorStore, cards: list[ModelCard]) -> None:
+def test_query_context_carries_input_tokens_and_anchors(store: AnchorStore, cards: list[ModelCard]) -> None:
     spy = SpyEstimator()
     seen = spy.seen
     ScopeEngine(store=store, models=cards, estimator=spy, value_per_correct=0.5).route(SUM, input_tokens=77)
-    assert seen[0].value_per_correct == 0.5 and seen[0].input_tokens == 77 and seen[0].anchors
+    assert seen[0].input_tokens == 77 and seen[0].anchors
+
+
+class TieBreaker(Estimator):
+    """A second stage that says small is sure to be right, or is down."""
+
+    name = "tie-breaker"
+
+    def __init__(self, *, down: bool = False) -> None:
+        self.down = down
+        self.asked = 0
+
+    def _predict(self, queries: Any, models: Any) -> list[dict[str, Prediction]]:
+        self.asked += len(queries)
+        if self.down:
+            raise EstimatorUnavailableError("vLLM at http://x unreachable")
+        return [{m: Prediction(p_correct=1.0 if m == "small" else 0.0, output_tokens=5.0) for m in models} for _ in queries]
+
+
+def test_escalation_is_applied_by_the_engine_at_the_calls_value(store: AnchorStore, cards: list[ModelCard]) -> None:
+    second = TieBreaker()
+    eng = ScopeEngine(
+        store=store, models=cards, estimator=AnchorStatsEstimator(), escalation=Escalation(second, margin=0.5)
+    )
+    # arithmetic: both models are right on the anchors, the lead is small: the second stage decides
+    d = eng.route(SUM, options={"value_per_correct": None})
+    assert second.asked == 1 and d.model == "small" and d.estimate.estimator == "tie-breaker"
+    assert "gated: escalated" in d.estimate.reason
+    # priced at 1e-9 USD a correct answer, cost dominates: small leads by a wide margin, no escalation
+    d = eng.route(SUM, options={"value_per_correct": 1e-9})
+    assert second.asked == 1 and "gated: anchors decided" in d.estimate.reason
+
+
+def test_an_escalation_that_is_down_keeps_the_first_stage(store: AnchorStore, cards: list[ModelCard]) -> None:
+    eng = ScopeEngine(
+        store=store, models=cards, estimator=AnchorStatsEstimator(), escalation=Escalation(TieBreaker(down=True))
+    )
+    d = eng.route(SUM)
+    assert d.degraded and "escalation unavailable" in d.reason and d.estimate.estimator == "anchors"
 
 
 def test_a_warm_route_is_one_vector_search(store: AnchorStore, cards: list[ModelCard]) -> None:
@@ -315,7 +354,7 @@ def test_a_warm_route_is_one_vector_search(store: AnchorStore, cards: list[Model
 def test_reading_fewer_neighbour_records_leaves_estimates_unchanged(
     name: str, store: AnchorStore, cards: list[ModelCard], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = ScopeEngine(store=store, models=cards, estimator=build_estimator(name, k=3), k=3)
+    engine = ScopeEngine(store=store, models=cards, **build_routing(name, k=3)._asdict(), k=3)
     queries = ["what is 2 plus 9 in arithmetic", "a sonnet about the moon", "an unrelated question"]
     partial, _ = engine.contexts(queries)
     monkeypatch.setattr(engine, "_fill", lambda: None)

@@ -46,7 +46,7 @@ def test_failed_batch_holds_nothing() -> None:
 
 def test_redecide_reserves_item_by_item_and_excludes() -> None:
     engine = _engine(0.00215)
-    decisions = engine.route_batch(["two plus two"] * 3, reserve=False)
+    decisions = engine.route_batch(["two plus two"] * 3, options={"reserve": False})
     assert engine.ledger is not None and engine.ledger.held == 0.0
     first = engine.redecide(decisions[0])
     second = engine.redecide(decisions[1])

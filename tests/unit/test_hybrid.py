@@ -1,4 +1,4 @@
-"""HybridEstimator and GatedEstimator, composed from fake estimators built on the real types."""
+"""HybridEstimator and the two-stage Escalation, composed from fake estimators built on the real types."""
 
 from __future__ import annotations
 
@@ -8,16 +8,9 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from scope_shared.errors import ConfigError, EstimatorUnavailableError
+from scope_shared.escalation import GATE_ANCHORS, GATE_ESCALATED, Escalation, escalated, normalized_utility
 from scope_shared.estimators.base import AnchorOutcome, AnchorRecord, Estimator, Prediction, QueryContext
-from scope_shared.estimators.hybrid import (
-    GATE_ANCHORS,
-    GATE_ESCALATED,
-    GatedEstimator,
-    HybridEstimator,
-    combine_predictions,
-    escalated,
-    normalized_utility,
-)
+from scope_shared.estimators.hybrid import HybridEstimator, combine_predictions
 from scope_shared.types import Estimate, ModelCard
 
 
@@ -45,10 +38,10 @@ CARDS = [
 ]
 
 
-def ctx(query: str, value: float | None = None) -> QueryContext:
+def ctx(query: str) -> QueryContext:
     outcomes = {c.name: AnchorOutcome(correct=1.0, output_tokens=100.0) for c in CARDS}
     anchor = AnchorRecord(anchor_id="a", question="q", similarity=0.9, outcomes=outcomes)
-    return QueryContext(query=query, input_tokens=0.0, anchors=(anchor,), stats={}, value_per_correct=value)
+    return QueryContext(query=query, input_tokens=0.0, anchors=(anchor,), stats={})
 
 
 def pred(p: float, tokens: float = 100.0, **kw: object) -> Prediction:
@@ -112,9 +105,27 @@ SCOPE_TABLE = {
 }
 
 
-def make_gated(margin: float = 0.1) -> tuple[GatedEstimator, Fake, Fake]:
+class Gated:
+    """The engine's two stages: the first estimator prices every candidate, then the escalation applies."""
+
+    def __init__(self, anchors: Estimator, scope: Estimator, margin: float = 0.1) -> None:
+        self.anchors = anchors
+        self.escalation = Escalation(scope, margin=margin)
+
+    def estimate(
+        self, queries: Sequence[QueryContext], cards: Sequence[ModelCard], value: float | None = None
+    ) -> list[dict[str, Estimate]]:
+        return self.escalation.apply(queries, self.anchors.estimate(queries, cards), cards, value)
+
+    async def aestimate(
+        self, queries: Sequence[QueryContext], cards: Sequence[ModelCard], value: float | None = None
+    ) -> list[dict[str, Estimate]]:
+        return await self.escalation.aapply(queries, await self.anchors.aestimate(queries, cards), cards, value)
+
+
+def make_gated(margin: float = 0.1) -> tuple[Gated, Fake, Fake]:
     anchors, scope = Fake("anchors", ANCHOR_TABLE), Fake("scope", SCOPE_TABLE)
-    return GatedEstimator(anchors=anchors, scope=scope, margin=margin), anchors, scope
+    return Gated(anchors, scope, margin=margin), anchors, scope
 
 
 def test_gate_lets_anchors_decide_a_clear_lead_without_asking_scope() -> None:
@@ -156,11 +167,11 @@ def test_gate_compares_utility_net_of_cost_at_the_users_value() -> None:
     # it is a tie.
     table = {"tie": {"cheap": pred(0.7), "pricey": pred(0.7)}}
     scope = Fake("scope", {"tie": {"cheap": pred(0.5), "pricey": pred(0.6)}})
-    gated = GatedEstimator(anchors=Fake("anchors", table), scope=scope, margin=0.1)
+    gated = Gated(Fake("anchors", table), scope, margin=0.1)
     cards = [CARDS[0], CARDS[2]]
-    gated.estimate([ctx("tie", value=0.05)], cards)
+    gated.estimate([ctx("tie")], cards, value=0.05)
     assert scope.calls == []
-    row = gated.estimate([ctx("tie", value=None)], cards)[0]
+    row = gated.estimate([ctx("tie")], cards, value=None)[0]
     assert scope.calls == [(["tie"], ["cheap", "pricey"])] and escalated(row)
 
 
@@ -179,16 +190,15 @@ async def test_gated_async_matches_sync() -> None:
     assert gated.estimate(queries, CARDS) == await gated.aestimate(queries, CARDS)
 
 
-def test_gated_needs_prices_and_a_valid_margin() -> None:
-    gated, _, _ = make_gated()
-    with pytest.raises(ConfigError, match="estimate"):
-        gated._predict([ctx("clear")], ["cheap"])
+def test_escalation_needs_an_estimator_and_a_valid_margin() -> None:
     with pytest.raises(ConfigError, match="margin"):
-        GatedEstimator(anchors=Fake("a", {}), scope=Fake("s", {}), margin=-1.0)
+        Escalation(Fake("s", {}), margin=-1.0)
+    with pytest.raises(ConfigError, match="must be an Estimator"):
+        Escalation("scope")  # type: ignore[arg-type]
 
 
 def test_gated_lets_scope_unavailability_reach_the_engine() -> None:
-    gated = GatedEstimator(anchors=Fake("anchors", ANCHOR_TABLE), scope=Fake("scope", SCOPE_TABLE, fail=True))
+    gated = Gated(Fake("anchors", ANCHOR_TABLE), Fake("scope", SCOPE_TABLE, fail=True))
     assert gated.estimate([ctx("clear")], CARDS)  # no escalation, no SCOPE call, no error
     with pytest.raises(EstimatorUnavailableError):
         gated.estimate([ctx("close")], CARDS)

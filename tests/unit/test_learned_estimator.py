@@ -15,8 +15,8 @@ from scope_shared import AnchorStore, ConfigError, HashingEmbedder, ModelCard, O
 from scope_shared.cli import main
 from scope_shared.estimators import AnchorOutcome, AnchorRecord, AnchorStatsEstimator, ModelStats, QueryContext
 from scope_shared.estimators.learned import LearnedEstimator
-from scope_shared.estimators.registry import build_estimator
 from scope_shared.evaluation import auroc, evaluate, expected_calibration_error
+from scope_shared.routing import build_routing
 from tests.unit.conftest import CARDS, MATH, POEMS, sample_outcomes
 
 DIM = 16
@@ -245,13 +245,13 @@ def test_engine_binds_store_fits_lazily_and_refits_on_growth(store: AnchorStore,
     engine = ScopeEngine(store=store, models=cards, estimator=est, k=5)
     assert not est.fitted
     math_q, poem_q = "what is 40 plus 41 in arithmetic", "write a sonnet poem about the grey moon"
-    d_math = engine.route(math_q, reserve=False)
+    d_math = engine.route(math_q, options={"reserve": False})
     assert est.fitted and est.report is not None and est.report.anchors == 20
-    d_poem = engine.route(poem_q, reserve=False)
+    d_poem = engine.route(poem_q, options={"reserve": False})
     assert d_math.estimates["small"].p_correct > d_poem.estimates["small"].p_correct
     assert d_poem.estimates["small"].output_tokens > d_math.estimates["small"].output_tokens
     store.add(more_math(10))  # 20 -> 30 anchors: beyond refit_growth (10%)
-    engine.route(math_q, reserve=False)
+    engine.route(math_q, options={"reserve": False})
     est.wait_refit(timeout=30)
     assert est.report.anchors == 30
 
@@ -262,13 +262,13 @@ def test_writes_between_decisions_count_the_store_at_most_every_refit_check_s(
 ) -> None:
     est = LearnedEstimator(k=5, min_fit_pairs=10, refit_check_s=check_s)
     engine = ScopeEngine(store=store, models=cards, estimator=est, k=5)
-    engine.route("what is 40 plus 41 in arithmetic", reserve=False)  # fits
+    engine.route("what is 40 plus 41 in arithmetic", options={"reserve": False})  # fits
     counts: list[str] = []  # the thread of each count (a background refit counts too)
     real_count = store.count
     monkeypatch.setattr(store, "count", lambda: counts.append(threading.current_thread().name) or real_count())
     for i in range(4):  # a router recording every call: a write between each two decisions
         store.add(more_math(1, start=500 + i))
-        engine.route(f"what is {i} plus 7 in arithmetic", reserve=False)
+        engine.route(f"what is {i} plus 7 in arithmetic", options={"reserve": False})
     assert counts.count(threading.main_thread().name) == (1 if check_s else 4)
     est.wait_refit(timeout=30)
     assert est.report is not None
@@ -279,8 +279,8 @@ def test_writes_between_decisions_count_the_store_at_most_every_refit_check_s(
 
 
 def test_registry_and_cli_know_learned() -> None:
-    est = build_estimator("learned", k=7)
-    assert isinstance(est, LearnedEstimator) and est.k == 7
+    est, escalation = build_routing("learned", k=7)
+    assert isinstance(est, LearnedEstimator) and est.k == 7 and escalation is None
 
 
 def holdout_data() -> tuple[list[Outcome], list[Outcome]]:
@@ -429,7 +429,7 @@ def test_engine_with_learned_estimator_routes(store: AnchorStore, cards: list[Mo
     engine = ScopeEngine(store=store, models=cards)  # the default
     assert isinstance(engine.estimator, LearnedEstimator)
     assert isinstance(engine.fallback, AnchorStatsEstimator)
-    d = engine.route("what is 7 plus 8 in arithmetic", reserve=False)
+    d = engine.route("what is 7 plus 8 in arithmetic", options={"reserve": False})
     assert d.estimate.estimator == "learned"
 
 

@@ -154,7 +154,7 @@ def test_register_is_idempotent_and_unregister_is_clean() -> None:
 def test_a_repeated_event_records_once() -> None:
     engine = make_engine()
     handler = ScopeEventHandler(engine=engine, grader=GRADER)
-    decision = engine.route(Q_CODE, reserve=False)
+    decision = engine.route(Q_CODE, options={"reserve": False})
     event = ScopeCallEvent(
         call_id="c1",
         query=Q_CODE,
@@ -189,7 +189,7 @@ def test_handler_never_raises_into_the_query(caplog: pytest.LogCaptureFixture, m
         output_tokens=4,
         usage_reported=True,
         cost=0.0,
-        decision=engine.route(Q_CODE, reserve=False),
+        decision=engine.route(Q_CODE, options={"reserve": False}),
     )
     with caplog.at_level(logging.WARNING, logger="scope_llamaindex.events"):
         handler.handle(event)

@@ -69,7 +69,7 @@ _ENGINE = ScopeEngine(store=_STORE, models=CARDS, value_per_correct=0.01)
 @given(query=st.one_of(texts, st.text(min_size=MAX_QUERY_CHARS, max_size=MAX_QUERY_CHARS + 50), st.binary(max_size=20)))
 def test_route_any_input_decides_or_says_why(query: object) -> None:
     try:
-        d = _ENGINE.route(query, reserve=False)  # type: ignore[arg-type]
+        d = _ENGINE.route(query, options={"reserve": False})  # type: ignore[arg-type]
     except ConfigError as exc:
         assert isinstance(query, bytes) or not str(query).strip()
         assert "query" in str(exc)
@@ -82,7 +82,7 @@ def test_route_any_input_decides_or_says_why(query: object) -> None:
 @given(value=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)), cap=st.one_of(st.none(), st.floats(allow_nan=True)))
 def test_route_settings_validated(value: float | None, cap: float | None) -> None:
     try:
-        d = _ENGINE.route("what is 2 plus 3 in arithmetic", value_per_correct=value, max_cost_per_call=cap, reserve=False)
+        d = _ENGINE.route("what is 2 plus 3 in arithmetic", options={"value_per_correct": value, "max_cost_per_call": cap, "reserve": False})
     except ScopeError as exc:
         bad_value = value is not None and (math.isnan(value) or value < 0)
         bad_cap = cap is not None and (math.isnan(cap) or cap < 0)

@@ -10,8 +10,9 @@ import scope_shared
 CORE = {
     "AddReport", "AnchorEvidence", "AnchorStatsEstimator", "AnchorStore", "Budget", "BudgetExceededError",
     "BudgetLedger", "CachedEmbedder", "CallableEmbedder", "ConfigError", "DataError", "Decision", "Embedder",
-    "EmbedderError", "EmptyStoreError", "Estimate", "Estimator", "EstimatorUnavailableError", "HashingEmbedder",
-    "MiniLMEmbedder", "ModelCard", "NoAnchorDataError", "Outcome", "Prior", "ScopeEngine", "ScopeError",
+    "EmbedderError", "EmptyStoreError", "Escalation", "Estimate", "Estimator", "EstimatorUnavailableError", "HashingEmbedder",
+    "MiniLMEmbedder", "ModelCard", "NoAnchorDataError", "Outcome", "Prior", "ReplayMissError", "RouteOptions",
+    "ScopeEngine", "ScopeError",
     "StoreUnavailableError", "UnknownModelError", "__version__", "as_embedder", "choose", "load_outcomes",
     "load_prices", "utility",
 }

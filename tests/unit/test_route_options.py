@@ -24,12 +24,12 @@ def test_merged_lays_the_set_fields_over() -> None:
 @pytest.mark.parametrize(
     ("fields", "says"),
     [
-        ({"value_per_correct": -1}, "value_per_correct: must be a USD amount >= 0"),
-        ({"max_cost_per_call": float("nan")}, "max_cost_per_call: must be a USD amount"),
+        ({"value_per_correct": -1}, "value_per_correct must be a USD amount >= 0"),
+        ({"max_cost_per_call": float("nan")}, "max_cost_per_call must be a USD amount"),
         ({"value_per_correct": True}, "value_per_correct"),
-        ({"candidates": "gpt-4"}, "candidates: must be a non-empty list"),
-        ({"candidates": []}, "candidates: must be a non-empty list"),
-        ({"budget": 3}, "known options: value_per_correct"),
+        ({"candidates": "gpt-4"}, "candidates must be a non-empty list"),
+        ({"candidates": []}, "candidates must be a non-empty list"),
+        ({"budget": 3}, "unknown route option 'budget'; known: value_per_correct"),
     ],
 )
 def test_bad_options_are_one_config_error(fields: dict[str, object], says: str) -> None:
