@@ -10,9 +10,12 @@ their bodies differ only by ``await``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from scope_shared.errors import (
@@ -71,7 +74,12 @@ class ScopeEngine:
             what was recorded in one batch at most this long after the first outcome queued. Writing the
             outcome of a call costs one Chroma write (20-40 ms at 100k anchors), which the LangChain and
             LlamaIndex handlers otherwise pay in the call's own thread. :meth:`flush` writes at once;
-            :meth:`close` (also run at interpreter exit) writes what is left and stops the thread.
+            :meth:`close` (also run at interpreter exit, and on SIGTERM when the program has no handler of its
+            own) writes what is left and stops the thread.
+        unsent: a file for recorded outcomes still unwritten when the process exits (the store was down):
+            the next engine over the same store replays it. ``"auto"``: one per store under
+            ``$XDG_STATE_HOME/scope-router/unsent/`` (none for an in-memory store); None: such outcomes are
+            logged as lost.
     """
 
     def __init__(
@@ -90,6 +98,7 @@ class ScopeEngine:
         on_store_down: str = "degrade",
         reserve_factor: float = 1.0,
         write_behind: float = 0.0,
+        unsent: str | Path | None = "auto",
     ) -> None:
         cards = list(models)
         if not cards:
@@ -136,7 +145,7 @@ class ScopeEngine:
         self.on_no_fit: OnNoFit = on_no_fit
         self.on_store_down = on_store_down
         self.reserve_factor = reserve_factor
-        self._recorder = Recorder(self._write, write_behind=write_behind)
+        self._recorder = Recorder(self._write, write_behind=write_behind, unsent=_unsent_path(unsent, store))
         self._last_stats: Mapping[str, ModelStats] | None = None
 
     def __repr__(self) -> str:
@@ -357,7 +366,7 @@ class ScopeEngine:
         options: Options = None,
     ) -> list[Decision]:
         """Route several queries with one retrieval and one estimator call."""
-        self.flush()
+        self._retry_unwritten()
         s = self._resolve(options)
         estimates, reason = self.estimate(queries, input_tokens=input_tokens, options=s)
         return self._decide_all(queries, estimates, s, reason)
@@ -375,7 +384,8 @@ class ScopeEngine:
         options: Options = None,
     ) -> list[Decision]:
         """Async form of :meth:`route_batch`."""
-        await asyncio.to_thread(self.flush)
+        if self._recorder.write_behind == 0 and self._recorder.pending:
+            await asyncio.to_thread(self._retry_unwritten)
         s = self._resolve(options)
         estimates, reason = await self.aestimate(queries, input_tokens=input_tokens, options=s)
         return self._decide_all(queries, estimates, s, reason)
@@ -520,6 +530,12 @@ class ScopeEngine:
             )
         self._recorder.put(outcome)
 
+    def _retry_unwritten(self) -> None:
+        """Writing synchronously, outcomes kept while the store was down are retried before routing (with
+        ``write_behind``, the writer thread retries them and routing never waits for a write)."""
+        if self._recorder.write_behind == 0 and self._recorder.pending:
+            self._recorder.flush()
+
     def _write(self, outcomes: Sequence[Outcome]) -> None:
         self._store.add(outcomes, progress=False)
 
@@ -542,6 +558,16 @@ class ScopeEngine:
         self._recorder.close()
 
 
+def _unsent_path(unsent: str | Path | None, store: AnchorStore) -> Path | None:
+    if unsent != "auto":
+        return Path(unsent) if unsent is not None else None
+    identity = store.identity
+    if identity is None:
+        return None
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "scope-router" / "unsent" / (hashlib.sha256(identity.encode()).hexdigest()[:24] + ".jsonl")
+
+
 def _clean_query(query: Any) -> str:
     if isinstance(query, bytes | bytearray):
         msg = "query is bytes; decode it to str first (e.g. data.decode('utf-8', errors='replace'))"
@@ -552,6 +578,10 @@ def _clean_query(query: Any) -> str:
     if not query.strip():
         msg = "query is empty or whitespace; nothing to route"
         raise ConfigError(msg)
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: route on the readable text
+        return query.encode("utf-8", "replace").decode("utf-8")
     return query
 
 

@@ -11,13 +11,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from scope_shared.errors import ConfigError
 
 __all__ = [
     "DEFAULT_OUTPUT_TOKENS",
     "DEFAULT_TOKENS_PER_CHAR",
+    "MAX_PRICE_PER_MTOK",
+    "MAX_TOKENS",
     "AnchorEvidence",
     "AnchorOutcome",
     "AnchorRecord",
@@ -45,14 +47,37 @@ def estimate_tokens(text: str, tokens_per_char: float = DEFAULT_TOKENS_PER_CHAR)
     return max(1.0, round(len(text) * tokens_per_char))
 
 
+#: The most tokens one call is taken to use (a bound on what loaders and callers may record).
+MAX_TOKENS = 10_000_000
+#: The highest price accepted, USD per 1M tokens.
+MAX_PRICE_PER_MTOK = 100_000.0
+
+TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+
+
+def _unicode(value: str, what: str) -> str:
+    """``value`` if it is valid Unicode text (no lone surrogates, which no store or file can hold)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        msg = f"{what} holds a lone surrogate at character {exc.start}; it is not valid Unicode text"
+        raise ValueError(msg) from None
+    return value
+
+
 class ModelCard(BaseModel):
     """A candidate model and its prices (USD per 1M tokens)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(min_length=1)
-    input_per_mtok: NonNegFloat
-    output_per_mtok: NonNegFloat
+    input_per_mtok: Annotated[float, Field(ge=0.0, le=MAX_PRICE_PER_MTOK, allow_inf_nan=False)]
+    output_per_mtok: Annotated[float, Field(ge=0.0, le=MAX_PRICE_PER_MTOK, allow_inf_nan=False)]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _unicode(value, "name")
 
     def cost(self, input_tokens: float, output_tokens: float) -> float:
         """USD cost of a call with these token counts."""
@@ -67,8 +92,8 @@ class Outcome(BaseModel):
     query: str
     model: str = Field(min_length=1)
     correct: Probability
-    output_tokens: Annotated[int, Field(ge=0)] | None = None
-    input_tokens: Annotated[int, Field(ge=0)] | None = None
+    output_tokens: TokenCount | None = None
+    input_tokens: TokenCount | None = None
     query_id: str | None = None
     task: str | None = None
 
@@ -78,7 +103,12 @@ class Outcome(BaseModel):
         if not value.strip():
             msg = "query is empty or whitespace; an outcome needs the question text"
             raise ValueError(msg)
-        return value
+        return _unicode(value, "query")
+
+    @field_validator("model", "query_id", "task")
+    @classmethod
+    def _text(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return value if value is None else _unicode(value, str(info.field_name))
 
 
 @dataclass(frozen=True, slots=True)

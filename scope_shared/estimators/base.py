@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from scope_shared.embeddings import Matrix
-from scope_shared.types import AnchorEvidence, AnchorOutcome, AnchorRecord, Estimate, ModelCard, ModelStats
+from scope_shared.types import (
+    MAX_TOKENS,
+    AnchorEvidence,
+    AnchorOutcome,
+    AnchorRecord,
+    Estimate,
+    ModelCard,
+    ModelStats,
+)
 
 __all__ = [
     "AnchorOutcome",
@@ -171,7 +179,7 @@ def _price(
         row: dict[str, Estimate] = {}
         for card in models:
             pred = per_model[card.name]
-            tokens = max(0.0, float(pred.output_tokens))
+            tokens = min(MAX_TOKENS, max(0.0, float(pred.output_tokens)))  # nan -> 0 too
             row[card.name] = Estimate(
                 model=card.name,
                 p_correct=_clip01(pred.p_correct),

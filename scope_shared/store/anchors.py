@@ -175,6 +175,14 @@ class AnchorStore:
         return self._conn.name
 
     @property
+    def identity(self) -> str | None:
+        """Names this store across processes (backend, location, collection); None for a private in-memory one."""
+        if self.backend in ("memory", "client"):
+            return None
+        where = str(self._conn.path.resolve()) if self._conn.path is not None else self._conn.where()
+        return f"{self.backend}:{where}:{self._conn.name}"
+
+    @property
     def _embedder_id(self) -> str:
         return self._embedder.name + (f"|tail{self._tail}" if self._tail else "")
 
