@@ -43,9 +43,18 @@ def _embedder(name: str) -> Any:
     return embedder_named(name)
 
 
-def _store(args: argparse.Namespace) -> Any:
+def _store(args: argparse.Namespace, *, must_exist: bool = False) -> Any:
     from scope_shared.store import AnchorStore
 
+    if not args.chroma_host:
+        path = Path(args.store)
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            msg = f"--store {path}: {blocker} is a file; the store is a directory"
+            raise ConfigError(msg)
+        if must_exist and not path.exists():
+            msg = f"no anchor store at {path}; build one with: scope-router ingest --store {path} OUTCOMES_FILE"
+            raise ConfigError(msg)
     token = None
     if args.chroma_token_env:
         token = os.environ.get(args.chroma_token_env)
@@ -60,7 +69,7 @@ def _store(args: argparse.Namespace) -> Any:
         token=token,
         collection=args.collection,
         embedder=_embedder(args.embedder),
-        hnsw={"ef_search": args.ef_search} if args.ef_search else None,
+        hnsw={"ef_search": args.ef_search} if args.ef_search is not None else None,
     )
 
 
@@ -104,7 +113,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     from scope_shared.data import load_prices
     from scope_shared.engine import ScopeEngine
 
-    store = _store(args)
+    store = _store(args, must_exist=True)
     engine = ScopeEngine(
         store=store,
         models=load_prices(args.prices),
@@ -334,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ScopeError as exc:
         sys.stderr.write(f"scope-router: error: {exc}\n")
         return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+    except OSError as exc:  # files: missing, a directory, under a file, not writable
         sys.stderr.write(f"scope-router: error: {exc}\n")
         return 2
     except KeyboardInterrupt:

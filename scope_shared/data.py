@@ -22,18 +22,41 @@ from pydantic import ValidationError
 from scope_shared.errors import DataError
 from scope_shared.types import ModelCard, Outcome
 
-__all__ = ["as_outcome", "check_model_name", "load_outcomes", "load_prices", "outcome_from_row"]
+__all__ = ["RowCheck", "as_outcome", "check_model_name", "load_outcomes", "load_prices", "outcome_from_row"]
 
 REQUIRED = ("query", "model", "correct")
+#: The longest line a loader reads (characters); a longer one is refused before it is held in memory.
+MAX_LINE_CHARS = 2_000_000
+#: The most lines a loader reads (blank ones included).
+MAX_LINES = 20_000_000
 
 
 def _open_text(path: Path) -> io.TextIOBase:
     if not path.exists():
         msg = f"{path}: no such file"
         raise DataError(msg)
+    if path.is_dir():
+        msg = f"{path}: is a directory, not a file"
+        raise DataError(msg)
+    # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")  # noqa: SIM115
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
+
+
+def _lines(fh: io.TextIOBase, path: Path, *, max_line_chars: int, max_lines: int) -> Iterator[str]:
+    """``fh``'s lines, refusing a line or a file too long before holding it (a small .gz can hold gigabytes)."""
+    for count in range(1, max_lines + 2):
+        line = fh.readline(max_line_chars + 1)
+        if not line:
+            return
+        if count > max_lines:
+            msg = f"{path}: more than {max_lines:,} lines; split the file (or pass max_lines=)"
+            raise DataError(msg)
+        if len(line) > max_line_chars:
+            msg = f"{path}:{count}: a line longer than {max_line_chars:,} characters; is this an outcome file?"
+            raise DataError(msg)
+        yield line
 
 
 def _number(value: Any, *, integer: bool) -> float | int | None:
@@ -57,6 +80,10 @@ def outcome_from_row(row: Mapping[str, Any], *, where: str) -> Outcome:
     if missing:
         msg = f"{where}: missing column(s) {missing}; required: {list(REQUIRED)}"
         raise DataError(msg)
+    for name in ("query", "model"):
+        if not isinstance(row[name], str):
+            msg = f"{where}: {name} must be text, got {'null' if row[name] is None else type(row[name]).__name__}"
+            raise DataError(msg)
     try:
         correct = _number(row["correct"], integer=False)
         if correct is None:
@@ -65,8 +92,8 @@ def outcome_from_row(row: Mapping[str, Any], *, where: str) -> Outcome:
         qid = row.get("query_id")
         task = row.get("task")
         return Outcome(
-            query=str(row["query"]),
-            model=str(row["model"]),
+            query=row["query"],
+            model=row["model"],
             correct=correct,
             output_tokens=_number(row.get("output_tokens"), integer=True),  # type: ignore[arg-type]
             input_tokens=_number(row.get("input_tokens"), integer=True),  # type: ignore[arg-type]
@@ -101,11 +128,32 @@ def check_model_name(model: str, where: str) -> None:
         raise DataError(msg)
 
 
-def _rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
+class RowCheck:
+    """Checks outcomes as they are read: each model name once, and no two different outcomes (correctness or
+    output tokens) of one model on one query. Identical repeats pass."""
+
+    def __init__(self) -> None:
+        self._names: set[str] = set()
+        self._seen: dict[tuple[str, str], tuple[str, float, int | None]] = {}
+
+    def __call__(self, outcome: Outcome, where: str) -> None:
+        if outcome.model not in self._names:
+            check_model_name(outcome.model, where)
+            self._names.add(outcome.model)
+        key = (outcome.query, outcome.model)
+        prev = self._seen.get(key)
+        if prev is not None and prev[1:] != (outcome.correct, outcome.output_tokens):
+            msg = f"{where}: conflicts with {prev[0]}: two different outcomes of model {outcome.model!r} on one query"
+            raise DataError(msg)
+        self._seen[key] = (where, outcome.correct, outcome.output_tokens)
+
+
+def _rows(path: Path, *, max_line_chars: int, max_lines: int) -> Iterator[tuple[int, Mapping[str, Any]]]:
     name = path.name.removesuffix(".gz")
     with _open_text(path) as fh:
+        lines = _lines(fh, path, max_line_chars=max_line_chars, max_lines=max_lines)
         if name.endswith(".jsonl") or name.endswith(".ndjson"):
-            for lineno, line in enumerate(fh, start=1):
+            for lineno, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
                 try:
@@ -118,7 +166,7 @@ def _rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
                     raise DataError(msg)
                 yield lineno, obj
         else:
-            reader = csv.DictReader(fh)
+            reader = csv.DictReader(lines)
             header = reader.fieldnames or []
             missing = [c for c in REQUIRED if c not in header]
             if missing:
@@ -128,13 +176,24 @@ def _rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
                 yield reader.line_num, row
 
 
-def load_outcomes(path: str | Path) -> list[Outcome]:
-    """Read every outcome of a CSV/JSONL file (``.gz`` allowed); raises :class:`DataError` on any bad row."""
+def load_outcomes(
+    path: str | Path, *, max_line_chars: int = MAX_LINE_CHARS, max_lines: int = MAX_LINES
+) -> list[Outcome]:
+    """Read every outcome of a CSV/JSONL file (``.gz`` allowed); raises :class:`DataError` on any bad row.
+
+    The whole file is checked before anything is returned: a malformed row, a bad model name, or two
+    different outcomes of one model on one query anywhere in the file name their rows. Lines longer than
+    ``max_line_chars`` and files of more than ``max_lines`` lines are refused while streaming.
+    """
     p = Path(path)
     out: list[Outcome] = []
+    check = RowCheck()
     try:
-        for lineno, row in _rows(p):
-            out.append(outcome_from_row(row, where=f"{p}:{lineno}"))
+        for lineno, row in _rows(p, max_line_chars=max_line_chars, max_lines=max_lines):
+            where = f"{p}:{lineno}"
+            outcome = outcome_from_row(row, where=where)
+            check(outcome, where)
+            out.append(outcome)
     except (EOFError, OSError, zlib.error, UnicodeDecodeError, csv.Error) as exc:
         msg = f"{p}: cannot read ({type(exc).__name__}: {exc}); is the file truncated or not UTF-8?"
         raise DataError(msg) from None
@@ -147,7 +206,7 @@ def load_prices(path: str | Path) -> list[ModelCard]:
     cards: dict[str, ModelCard] = {}
     try:
         with _open_text(p) as fh:
-            reader = csv.DictReader(fh)
+            reader = csv.DictReader(_lines(fh, p, max_line_chars=MAX_LINE_CHARS, max_lines=100_000))
             need = ("model", "input_per_mtok", "output_per_mtok")
             missing = [c for c in need if c not in (reader.fieldnames or [])]
             if missing:

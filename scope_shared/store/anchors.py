@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from scope_shared.data import as_outcome, check_model_name
+from scope_shared.data import RowCheck, as_outcome
 from scope_shared.embeddings import CachedEmbedder, Embedder, Matrix, as_embedder
 from scope_shared.errors import ConfigError, DataError, EmptyStoreError
 from scope_shared.store.chroma import ChromaConnection, check_hnsw
@@ -243,24 +243,13 @@ class AnchorStore:
     def _batch_records(self, chunk: Sequence[Outcome | Mapping[str, Any]], offset: int) -> dict[str, dict[str, Any]]:
         """The anchors' metadata a batch writes, by anchor id; :class:`DataError` for a bad or conflicting row."""
         records: dict[str, dict[str, Any]] = {}
-        seen: dict[tuple[str, str], tuple[int, Outcome]] = {}
-        names: set[str] = set()  # model names already checked in this batch
+        check = RowCheck()
         id_of: dict[str, str] = {}  # query text -> anchor id, hashed once per batch
         for i, item in enumerate(chunk):
             where = f"row {offset + i}"
             out = as_outcome(item, where=where)
-            if out.model not in names:
-                check_model_name(out.model, where)
-                names.add(out.model)
+            check(out, where)
             aid = id_of.get(out.query) or id_of.setdefault(out.query, anchor_id(out.query))
-            prev = seen.get((aid, out.model))
-            if prev is not None and (prev[1].correct, prev[1].output_tokens) != (out.correct, out.output_tokens):
-                msg = (
-                    f"{where}: conflicts with row {offset + prev[0]}: two different outcomes of model "
-                    f"{out.model!r} on the same query"
-                )
-                raise DataError(msg)
-            seen[(aid, out.model)] = (i, out)
             add_to_meta(records.setdefault(aid, new_meta(out.query)), out)
         return records
 

@@ -44,7 +44,7 @@ def test_errors_are_one_line(files: dict[str, Path], capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("scope-router: error:") and "bad.csv:2" in err
     assert main(["route", "--store", str(tmp_path / "empty"), "--embedder", "hashing", "--prices", str(files["prices"]), "hi"]) == 2
-    assert "is empty" in capsys.readouterr().err
+    assert "no anchor store at" in capsys.readouterr().err and not (tmp_path / "empty").exists()  # not created
     assert main(["evaluate", "--anchors", str(files["anchors"]), "--test", str(files["anchors"]), "--prices", str(files["prices"]), "--embedder", "hashing", "--estimator", "scope"]) == 2
     assert "--vllm-url" in capsys.readouterr().err
     assert main(["demo", "--data", str(tmp_path / "nowhere")]) == 2
@@ -74,3 +74,22 @@ def test_ef_search_is_stored_with_the_index(files: dict[str, Path], capsys: pyte
     assert main(["route", *base, "--ef-search", "40", "--prices", str(files["prices"]), "a sonnet about the moon"]) == 0
     assert "chosen:" in capsys.readouterr().out
     assert index_settings(files["store"])["ef_search"] == 40
+
+
+def test_file_system_mistakes_are_one_line(files: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    for store in (a_file, a_file / "store"):
+        assert main(["ingest", "--store", str(store), "--embedder", "hashing", "-q", str(files["anchors"])]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is a file; the store is a directory" in err
+    evaluate = ["evaluate", "--anchors", str(files["anchors"]), "--test", str(files["anchors"]), "--prices", str(files["prices"])]
+    assert main([*evaluate, "--embedder", "hashing", "--estimator", "anchors", "--json", str(a_file / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("scope-router: error:")
+
+
+def test_ef_search_zero_is_refused(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--store", str(files["store"]), "--embedder", "hashing", "--ef-search", "0"]
+    assert main(["ingest", *base, "-q", str(files["anchors"])]) == 2
+    assert "ef_search must be an integer >= 1" in capsys.readouterr().err

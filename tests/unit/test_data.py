@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import math
 from pathlib import Path
 
@@ -81,3 +82,67 @@ def test_prices(tmp_path: Path) -> None:
     dup = write(tmp_path, "dup.csv", "model,input_per_mtok,output_per_mtok\na,1,2\na,1,2\n")
     with pytest.raises(DataError, match="duplicate model 'a'"):
         load_prices(dup)
+
+
+# -- hostile and sloppy files (issue 16: items 14, 15 and the loader one-liners) --------------------------
+
+
+def test_a_huge_line_is_refused_before_it_is_held(tmp_path: Path) -> None:
+    p = tmp_path / "bomb.csv.gz"
+    with gzip.open(p, "wb") as fh:
+        fh.write(HEADER.encode())
+        fh.write(b"q," + b"x" * 5_000_000)  # one 5 MB line, no newline
+    with pytest.raises(DataError, match="longer than 1,000,000 characters"):
+        load_outcomes(p, max_line_chars=1_000_000)
+
+
+def test_a_file_of_blank_lines_stops_at_the_line_cap(tmp_path: Path) -> None:
+    p = tmp_path / "blank.jsonl.gz"
+    p.write_bytes(gzip.compress(b"\n" * 100_000))
+    with pytest.raises(DataError, match="more than 1,000 lines"):
+        load_outcomes(p, max_lines=1000)
+
+
+def test_a_byte_order_mark_keeps_the_first_column(tmp_path: Path) -> None:
+    p = tmp_path / "excel.csv"
+    p.write_bytes(b"\xef\xbb\xbf" + (HEADER + "q7,hello there,m1,1,,,t\n").encode())
+    assert load_outcomes(p)[0].query_id == "q7"
+
+
+def test_a_json_null_query_or_model_is_an_error_not_the_text_none(tmp_path: Path) -> None:
+    p = write(tmp_path, "n.jsonl", '{"query": null, "model": "m1", "correct": 1}\n')
+    with pytest.raises(DataError, match="query must be text, got null"):
+        load_outcomes(p)
+    p = write(tmp_path, "m.jsonl", '{"query": "hi", "model": null, "correct": 1}\n')
+    with pytest.raises(DataError, match="model must be text, got null"):
+        load_outcomes(p)
+
+
+def test_conflicting_outcomes_far_apart_are_refused_naming_both_rows(tmp_path: Path) -> None:
+    rows = [f"q{i},question {i},m1,1,,,t\n" for i in range(1000)]
+    rows.append("q3,question 3,m1,0,,,t\n")  # the same query and model, graded differently, 997 rows later
+    p = write(tmp_path, "c.csv", HEADER + "".join(rows))
+    with pytest.raises(DataError, match=r"c.csv:1002: conflicts with .*c.csv:5"):
+        load_outcomes(p)
+    same = write(tmp_path, "s.csv", HEADER + "".join(rows[:10]) + rows[3])  # an identical repeat is fine
+    assert len(load_outcomes(same)) == 11
+
+
+def test_a_bad_model_name_late_in_the_file_fails_the_whole_load(tmp_path: Path) -> None:
+    rows = [f"q{i},question {i},m1,1,,,t\n" for i in range(700)] + ["q700,question 700, m1 ,1,,,t\n"]
+    with pytest.raises(DataError, match=":702: model name ' m1 '"):
+        load_outcomes(write(tmp_path, "late.csv", HEADER + "".join(rows)))
+
+
+@pytest.mark.parametrize("field", ["output_tokens", "input_tokens"])
+def test_absurd_token_counts_are_refused(tmp_path: Path, field: str) -> None:
+    row = {"query": "hi there", "model": "m1", "correct": 1, field: 1e308}
+    p = write(tmp_path, "t.jsonl", json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=field):
+        load_outcomes(p)
+
+
+def test_absurd_prices_are_refused(tmp_path: Path) -> None:
+    p = write(tmp_path, "prices.csv", "model,input_per_mtok,output_per_mtok\nm1,1e308,1\n")
+    with pytest.raises(DataError, match="less than or equal to 100000"):
+        load_prices(p)
