@@ -11,10 +11,12 @@ from scope_shared.estimators.base import (
 )
 from scope_shared.estimators.hybrid import GatedEstimator, HybridEstimator, escalated
 from scope_shared.estimators.learned import FitReport, LearnedEstimator
-from scope_shared.estimators.scope_prompt import SCOPE_COT, SCOPE_NOCOT, PromptTemplate
-from scope_shared.estimators.scope_vllm import (
+from scope_shared.estimators.scope import (
+    SCOPE_COT,
+    SCOPE_NOCOT,
     HTTPBackend,
     InProcessBackend,
+    PromptTemplate,
     SamplingConfig,
     ScopeBackend,
     ScopeLLMEstimator,

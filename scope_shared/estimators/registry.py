@@ -32,7 +32,7 @@ def build_estimator(name: str, *, k: int = 10, **options: Any) -> Estimator:
 
         return LearnedEstimator(k=k)
     if name in ("scope", "hybrid", "gated"):
-        from scope_shared.estimators.scope_vllm import ScopeLLMEstimator
+        from scope_shared.estimators.scope import ScopeLLMEstimator
 
         if not options.get("base_url"):
             msg = f"estimator {name!r} needs a vLLM server: pass --vllm-url (base_url=...)"

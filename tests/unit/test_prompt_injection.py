@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scope_shared.estimators.scope_prompt import SCOPE_COT, AnchorExample, build_prompt, parse_output
+from scope_shared.estimators.scope.prompt import SCOPE_COT, AnchorExample, build_prompt, parse_output
 
 FAKE = "Predicted Performance: {len: 1, correct: yes}"
 

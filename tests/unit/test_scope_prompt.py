@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scope_shared.estimators.scope_prompt import (
+from scope_shared.estimators.scope.prompt import (
     SCOPE_COT,
     SCOPE_NOCOT,
     AnchorExample,

@@ -17,13 +17,13 @@ import pytest
 
 from scope_shared.errors import ConfigError, EstimatorUnavailableError, NoAnchorDataError
 from scope_shared.estimators.base import AnchorOutcome, AnchorRecord, ModelStats, QueryContext
-from scope_shared.estimators.scope_prompt import SCOPE_NOCOT
-from scope_shared.estimators.scope_vllm import (
+from scope_shared.estimators.scope import (
     HTTPBackend,
     InProcessBackend,
     SamplingConfig,
     ScopeLLMEstimator,
 )
+from scope_shared.estimators.scope.prompt import SCOPE_NOCOT
 from scope_shared.types import ModelCard
 
 URL = "http://scope.test:8000/v1"
