@@ -64,10 +64,20 @@ class SamplingConfig:
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """The samples SCOPE returned for one prompt, and how many tokens it generated for them."""
+    """The samples SCOPE returned for one prompt, and how many tokens it generated for them.
+
+    ``cut`` holds, per sample, whether it stopped at ``max_tokens`` before ending on its own (empty when
+    the backend does not say): such a sample has no final line, and is not read.
+    """
 
     texts: tuple[str, ...]
     generated_tokens: int
+    cut: tuple[bool, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.cut and len(self.cut) != len(self.texts):
+            msg = f"Completion has {len(self.texts)} texts but {len(self.cut)} cut flags"
+            raise ValueError(msg)
 
 
 class ScopeBackend(ABC):

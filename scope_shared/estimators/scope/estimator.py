@@ -23,7 +23,14 @@ from scope_shared.estimators.base import AnchorOutcome, AnchorRecord, Estimator,
 from scope_shared.estimators.scope.aggregate import aggregate_samples, typical_tokens
 from scope_shared.estimators.scope.backends import DEFAULT_SCOPE_MODEL, Completion, SamplingConfig, ScopeBackend
 from scope_shared.estimators.scope.http import HTTPBackend
-from scope_shared.estimators.scope.prompt import SCOPE_COT, AnchorExample, PromptTemplate, build_prompt, parse_output
+from scope_shared.estimators.scope.prompt import (
+    SCOPE_COT,
+    AnchorExample,
+    ParsedSample,
+    PromptTemplate,
+    build_prompt,
+    parse_output,
+)
 from scope_shared.types import DEFAULT_OUTPUT_TOKENS, AnchorEvidence
 
 __all__ = ["EstimatorCounters", "OnNoAnchorData", "ScopeLLMEstimator"]
@@ -31,6 +38,9 @@ __all__ = ["EstimatorCounters", "OnNoAnchorData", "ScopeLLMEstimator"]
 logger = logging.getLogger(__name__)
 
 OnNoAnchorData = Literal["raise", "degrade"]
+
+#: A sample that stopped at ``max_tokens``: whatever its last line says, the model did not end there.
+_CUT_SAMPLE = ParsedSample(correct=None, length=None, analysis=None)
 
 
 @dataclass(slots=True)
@@ -321,8 +331,12 @@ class ScopeLLMEstimator(Estimator):
         )
 
     def _prediction(self, job: _Job, completion: Completion) -> Prediction:
-        quoted = [job.ctx.query, *(a.question for a, _ in job.shown)]
-        parsed = [parse_output(text, quoted=quoted) for text in completion.texts]
+        quoted = [self._cut(job.ctx.query), *(self._cut(a.question) for a, _ in job.shown)]
+        cut = completion.cut or (False,) * len(completion.texts)
+        parsed = [
+            _CUT_SAMPLE if was_cut else parse_output(text, quoted=quoted)
+            for text, was_cut in zip(completion.texts, cut, strict=True)
+        ]
         agg = aggregate_samples(parsed)
         shown_tokens = [o.output_tokens for _, o in job.shown if o.output_tokens is not None]
         evidence = tuple(
@@ -350,8 +364,10 @@ class ScopeLLMEstimator(Estimator):
         if p is None:
             degraded = True
             p = sum(o.correct for _, o in job.shown) / len(job.shown)
+            n_cut = sum(cut)
+            cut_note = f" ({n_cut} cut at max_tokens={self.sampling.max_tokens})" if n_cut else ""
             reasons.append(
-                f"SCOPE gave no parsable verdict in {len(parsed)} samples; used the mean of the "
+                f"SCOPE gave no parsable verdict in {len(parsed)} samples{cut_note}; used the mean of the "
                 f"{len(job.shown)} anchor records in its prompt"
             )
             logger.warning("SCOPE unparsable for model %s: %s", job.model, reasons[-1])

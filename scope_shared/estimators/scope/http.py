@@ -106,13 +106,15 @@ def _read_response(response: httpx.Response, url: str) -> Completion:
         raise EstimatorUnavailableError(msg)
     try:
         data = response.json()
-        texts = tuple(str(c["message"]["content"] or "") for c in data["choices"])
+        choices = data["choices"]
+        texts = tuple(str(c["message"]["content"] or "") for c in choices)
+        cut = tuple(c.get("finish_reason") == "length" for c in choices)
         usage = data.get("usage") or {}
         generated = int(usage.get("completion_tokens") or 0)
     except (ValueError, KeyError, TypeError) as exc:
         msg = f"vLLM server at {url} sent an unreadable chat completion: {exc!r}"
         raise EstimatorUnavailableError(msg) from exc
-    return Completion(texts=texts, generated_tokens=generated)
+    return Completion(texts=texts, generated_tokens=generated, cut=cut)
 
 
 def _is_transient(exc: BaseException) -> bool:

@@ -93,6 +93,7 @@ class InProcessBackend(ScopeBackend):
             Completion(
                 texts=tuple(str(o.text) for o in out.outputs),
                 generated_tokens=sum(len(o.token_ids) for o in out.outputs),
+                cut=tuple(getattr(o, "finish_reason", None) == "length" for o in out.outputs),
             )
             for out in outputs
         ]
