@@ -6,17 +6,23 @@ timeouts, 429 and 5xx are retried with tenacity, after which :class:`EstimatorUn
 
 This is the only module that knows vLLM's request fields (``n``, ``top_k``, ``structured_outputs``; the
 old ``guided_*`` fields are silently ignored by vLLM 0.32 and never sent).
+
+Credentials in the server's URL (``http://user:password@host/v1``, ``?token=...``) are used for requests
+only: everything this module shows (repr, ``base_url``, ``identity``, errors, logs) passes through
+:func:`redact_url`, and userinfo goes out as HTTP basic auth, so that httpx's own request log (INFO)
+never carries it. That log does show each request's query string: prefer ``api_key`` (a bearer token).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 import httpx
 from tenacity import (
@@ -33,7 +39,7 @@ from tenacity.stop import stop_base
 from scope_shared.errors import ConfigError, EstimatorUnavailableError
 from scope_shared.estimators.scope.backends import DEFAULT_SCOPE_MODEL, Completion, SamplingConfig, ScopeBackend
 
-__all__ = ["HTTPBackend"]
+__all__ = ["HTTPBackend", "redact_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +55,40 @@ class _BatchAborted(EstimatorUnavailableError):
         super().__init__("another request of this batch failed")
 
 
-def _normalize_base_url(base_url: str) -> str:
-    url = base_url.rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        msg = f"base_url must be an http(s) URL like 'http://127.0.0.1:8000/v1', got {base_url!r}"
+# Everything from the scheme's "//" (or the start) to the last "@" before the query: the userinfo, also
+# when a password holds an unescaped "@" or "/" (over-redacting a strange path is harmless in a display).
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.\-]*:)?//)?[^?#]*@")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit to show: userinfo becomes ``***@``, each query value and a fragment ``***``."""
+    url = _USERINFO.sub(lambda m: f"{m.group(1) or ''}***@", url, count=1)
+    url, hashmark, fragment = url.partition("#")
+    base, question, query = url.partition("?")
+    if question:
+        params = [p.partition("=")[0] + "=***" if "=" in p else ("***" if p else p) for p in query.split("&")]
+        base += "?" + "&".join(params)
+    if hashmark:
+        base += "#***" if fragment else "#"
+    return base
+
+
+def _redact_urls_in(text: str) -> str:
+    """``text`` (an error from another library) with every URL in it redacted."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), text)
+
+
+def _parse_base_url(base_url: str) -> SplitResult:
+    parts = urlsplit(base_url)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # not a number
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        msg = f"base_url must be an http(s) URL like 'http://127.0.0.1:8000/v1', got {redact_url(base_url)!r}"
         raise ConfigError(msg)
-    if parts.path in ("", "/"):
-        url += "/v1"
-    return url
+    return parts._replace(path=parts.path.rstrip("/") or "/v1", fragment="")
 
 
 def _request_body(model: str, prompt: str, sampling: SamplingConfig) -> dict[str, Any]:
@@ -123,14 +154,16 @@ def _is_transient(exc: BaseException) -> bool:
 
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome is not None else None
-    logger.warning("SCOPE request failed (attempt %d): %s; retrying", state.attempt_number, exc)
+    logger.warning("SCOPE request failed (attempt %d): %s; retrying", state.attempt_number, _redact_urls_in(str(exc)))
 
 
 class HTTPBackend(ScopeBackend):
     """A vLLM OpenAI-compatible server (``/v1/chat/completions``).
 
     Args:
-        base_url: e.g. ``http://127.0.0.1:8000/v1`` (``/v1`` is added when the URL has no path).
+        base_url: e.g. ``http://127.0.0.1:8000/v1`` (``/v1`` is added when the URL has no path). Userinfo
+            (``user:password@``) is sent as basic auth and a query string with every request; the attribute
+            ``base_url`` is the URL as shown, with both redacted (:func:`redact_url`).
         model: the served model name (``--served-model-name``, else the path or hub id it was started
             with); ``None`` asks the server (``GET /v1/models``) on first use and needs it to serve one model.
         api_key: sent as a bearer token (``vllm serve --api-key``); never shown in repr or logs.
@@ -162,7 +195,11 @@ class HTTPBackend(ScopeBackend):
         if retries < 0 or backoff < 0 or timeout <= 0 or connect_timeout <= 0:
             msg = "retries and backoff must be >= 0, timeouts > 0"
             raise ConfigError(msg)
-        self.base_url = _normalize_base_url(base_url)
+        parts = _parse_base_url(base_url)
+        self.base_url = redact_url(parts.geturl())
+        userinfo, _, host = parts.netloc.rpartition("@")
+        self._parts = parts._replace(netloc=host)
+        self._auth = httpx.BasicAuth(unquote(parts.username or ""), unquote(parts.password or "")) if userinfo else None
         self.model = model
         self.max_concurrency = max_concurrency
         self.retries = retries
@@ -188,14 +225,20 @@ class HTTPBackend(ScopeBackend):
 
     def _set_model(self, response: httpx.Response) -> None:
         """Adopt the server's only model from a ``GET /v1/models`` answer."""
-        if response.status_code == 429 or response.status_code >= 500:
-            msg = f"vLLM server at {self.base_url} answered {response.status_code} to GET /models"
+        status = response.status_code
+        if status == 429 or status >= 500:
+            msg = f"vLLM server at {self.base_url} answered {status} to GET /models"
             raise _TransientError(msg)
+        if status >= 400:
+            msg = (
+                f"cannot list the models of {self.base_url} (GET /models answered {status}: "
+                f"{_error_detail(response)}); check base_url and api_key, or pass model=... explicitly"
+            )
+            raise ConfigError(msg)
         try:
-            response.raise_for_status()
             names = [str(m["id"]) for m in response.json()["data"]]
-        except (httpx.HTTPStatusError, ValueError, KeyError, TypeError) as exc:
-            msg = f"cannot list the models of {self.base_url} ({exc}); pass model=... explicitly"
+        except (ValueError, KeyError, TypeError) as exc:
+            msg = f"cannot list the models of {self.base_url} ({exc!r}); pass model=... explicitly"
             raise ConfigError(msg) from exc
         if len(names) != 1:
             msg = f"{self.base_url} serves {names}; pass model=... to choose one"
@@ -203,9 +246,9 @@ class HTTPBackend(ScopeBackend):
         self.model = names[0]
         logger.info("SCOPE server %s serves %s", self.base_url, self.model)
 
-    @property
-    def _url(self) -> str:
-        return f"{self.base_url}/chat/completions"
+    def _endpoint(self, name: str) -> str:
+        """The real URL of ``base_url/name`` (with the base URL's query), for requests only."""
+        return urlunsplit(self._parts._replace(path=f"{self._parts.path}/{name}"))
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -216,6 +259,7 @@ class HTTPBackend(ScopeBackend):
                 self._client = httpx.Client(
                     timeout=self._timeout,
                     headers=self._headers(),
+                    auth=self._auth,
                     transport=self._transport,
                     limits=httpx.Limits(max_connections=self.max_concurrency),
                 )
@@ -223,7 +267,8 @@ class HTTPBackend(ScopeBackend):
 
     def _unavailable(self, exc: BaseException) -> EstimatorUnavailableError:
         msg = (
-            f"vLLM server at {self.base_url} unavailable after {self.retries + 1} attempts: {type(exc).__name__}: {exc}"
+            f"vLLM server at {self.base_url} unavailable after {self.retries + 1} attempts: "
+            f"{type(exc).__name__}: {_redact_urls_in(str(exc))}"
         )
         logger.warning("%s", msg)
         return EstimatorUnavailableError(msg)
@@ -253,9 +298,9 @@ class HTTPBackend(ScopeBackend):
                 if failed.is_set():
                     raise _BatchAborted
                 if self.model is None:
-                    self._set_model(client.get(f"{self.base_url}/models"))
+                    self._set_model(client.get(self._endpoint("models")))
                 body = _request_body(self._served(), prompt, sampling)
-                return _read_response(client.post(self._url, json=body), self.base_url)
+                return _read_response(client.post(self._endpoint("chat/completions"), json=body), self.base_url)
 
             try:
                 return retrying(attempt)
@@ -293,6 +338,7 @@ class HTTPBackend(ScopeBackend):
         async with httpx.AsyncClient(
             timeout=self._timeout,
             headers=self._headers(),
+            auth=self._auth,
             transport=self._async_transport,
             limits=httpx.Limits(max_connections=self.max_concurrency),
         ) as client:
@@ -303,9 +349,9 @@ class HTTPBackend(ScopeBackend):
                 async def attempt() -> Completion:
                     async with semaphore:
                         if self.model is None:
-                            self._set_model(await client.get(f"{self.base_url}/models"))
+                            self._set_model(await client.get(self._endpoint("models")))
                         body = _request_body(self._served(), prompt, sampling)
-                        response = await client.post(self._url, json=body)
+                        response = await client.post(self._endpoint("chat/completions"), json=body)
                     return _read_response(response, self.base_url)
 
                 try:
