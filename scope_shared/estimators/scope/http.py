@@ -32,7 +32,8 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_when_event_set,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 from tenacity.stop import stop_base
 
@@ -171,7 +172,8 @@ class HTTPBackend(ScopeBackend):
         connect_timeout: seconds to wait for a connection.
         max_concurrency: requests in flight at once within one batch.
         retries: further attempts after a connection error, timeout, 429 or 5xx.
-        backoff: first wait between attempts in seconds (exponential with jitter, capped at 8x).
+        backoff: first wait between attempts in seconds, doubling each time up to 8x, plus up to
+            ``backoff`` of random jitter.
         transport, async_transport: httpx transports to use instead of the network (tests).
     """
 
@@ -278,8 +280,10 @@ class HTTPBackend(ScopeBackend):
 
     def _retry_policy(self) -> dict[str, Any]:
         """Retry connection errors, timeouts, 429 and 5xx with exponential backoff and jitter."""
+        # Not wait_exponential_jitter: its `initial` is deprecated since tenacity 9.2.1, and the
+        # `multiplier` that replaces it does not exist before (we support tenacity >= 8.2).
         return {
-            "wait": wait_exponential_jitter(initial=self.backoff, max=self.backoff * 8, jitter=self.backoff),
+            "wait": wait_exponential(multiplier=self.backoff, max=self.backoff * 8) + wait_random(0, self.backoff),
             "retry": retry_if_exception(_is_transient),
             "before_sleep": _log_retry,
             "reraise": True,
