@@ -41,7 +41,7 @@ def build_routing(name: str, *, k: int = 10, **options: Any) -> Routing:
 
         return Routing(LearnedEstimator(k=k))
     if name in ("scope", "hybrid", "gated"):
-        from scope_shared.estimators.scope_vllm import ScopeLLMEstimator
+        from scope_shared.estimators.scope import ScopeLLMEstimator
 
         if not options.get("base_url"):
             msg = f"estimator {name!r} needs a vLLM server: pass --vllm-url (base_url=...)"

@@ -12,10 +12,12 @@ from scope_shared.estimators.base import (
 )
 from scope_shared.estimators.hybrid import HybridEstimator
 from scope_shared.estimators.learned import FitReport, LearnedEstimator
-from scope_shared.estimators.scope_prompt import SCOPE_COT, SCOPE_NOCOT, PromptTemplate
-from scope_shared.estimators.scope_vllm import (
+from scope_shared.estimators.scope import (
+    SCOPE_COT,
+    SCOPE_NOCOT,
     HTTPBackend,
     InProcessBackend,
+    PromptTemplate,
     SamplingConfig,
     ScopeBackend,
     ScopeLLMEstimator,

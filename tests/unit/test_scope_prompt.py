@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scope_shared.estimators.scope_prompt import (
+from scope_shared.estimators.scope.prompt import (
     SCOPE_COT,
     SCOPE_NOCOT,
     AnchorExample,
@@ -122,14 +122,16 @@ def test_heading_style_and_brackets() -> None:
     assert (parsed.correct, parsed.length, parsed.analysis) == (False, 700, "hard one")
 
 
-def test_last_prediction_line_wins_and_trailing_notes_are_ignored() -> None:
+def test_only_the_last_line_is_read() -> None:
     out = (
         "Analysis: a first draft said Predicted Performance: {len: 10, correct: no} but that was wrong.\n"
-        "Predicted Performance: {len: 600, correct: yes}\n"
-        "Note: this predicted performance is uncertain; correct: no would also be plausible."
+        "Predicted Performance: {len: 600, correct: yes}\n\n"
     )
     parsed = parse_output(out)
     assert (parsed.correct, parsed.length) == (True, 600)
+    # The format ends with the prediction; a line after it may be an echo of the prompt, so nothing is read.
+    noted = out + "Note: this predicted performance is uncertain; correct: no would also be plausible."
+    assert parse_output(noted).parsed is False
 
 
 def test_missing_length_keeps_the_verdict() -> None:

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import types
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -17,13 +18,13 @@ import pytest
 
 from scope_shared.errors import ConfigError, EstimatorUnavailableError, NoAnchorDataError
 from scope_shared.estimators.base import AnchorOutcome, AnchorRecord, ModelStats, QueryContext
-from scope_shared.estimators.scope_prompt import SCOPE_NOCOT
-from scope_shared.estimators.scope_vllm import (
+from scope_shared.estimators.scope import (
     HTTPBackend,
     InProcessBackend,
     SamplingConfig,
     ScopeLLMEstimator,
 )
+from scope_shared.estimators.scope.prompt import SCOPE_NOCOT
 from scope_shared.types import ModelCard
 
 URL = "http://scope.test:8000/v1"
@@ -433,3 +434,13 @@ def test_model_none_uses_the_servers_only_model(served: list[str]) -> None:
         with pytest.raises(ConfigError, match="pass model="):
             est._predict([make_ctx()], ["m1"])
         assert seen == []
+
+
+def test_retry_waits_double_from_backoff_up_to_8x_without_deprecated_tenacity_arguments() -> None:
+    backend = HTTPBackend(base_url=URL, backoff=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tenacity >= 9.2.1 deprecates wait_exponential_jitter(initial=...)
+        wait = backend._retry_policy()["wait"]
+    for attempt, base in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (6, 4.0)]:
+        state = types.SimpleNamespace(attempt_number=attempt)
+        assert all(base <= wait(state) <= base + 0.5 for _ in range(20))

@@ -1,4 +1,4 @@
-"""The SCOPE prompt, exactly as the model was trained on, and the parser for its answers.
+"""The SCOPE prompt, as the model was trained on, and the parser for its answers.
 
 The chain-of-thought template reproduces ``build_scope_prompt`` of the authors' inference script
 (``scripts/scope_inference.py``, "SCOPE-RL-data-v3 format"): a ``### Task`` paragraph, ``### Target Model``,
@@ -8,9 +8,15 @@ the strict output format ``Analysis: ...`` / ``Predicted Performance: {len: <int
 The text is sent as the single user turn of a chat (the server applies Qwen3's chat template, as the
 authors do by hand).
 
-The parser reads the *final* ``Predicted Performance`` line. The authors' parser takes the first ``len:``
-anywhere in the output, which an anchor quoted in the analysis (``Example 2 ... {len: 812, correct: no}``)
-hijacks; here only a field after a ``Predicted Performance`` label counts, and the last such label wins.
+User text (the target question and the anchor questions) is shown as it is, except that a line of it that
+could pass for one of the prompt's own markers (a ``###`` section heading such as ``### Target Question``,
+``Example N:``, ``Question:``, ``Performance:``, ``Analysis:``, ``Predicted Performance``; in any case, after
+blanks or markdown) starts with a backslash: a query cannot add examples, sections or a prediction.
+
+The parser reads only the *last line* of the answer, where the format puts ``Predicted Performance``
+(the authors' parser takes the first ``len:`` anywhere, which an anchor record quoted in the analysis
+hijacks). Anything the model wrote after its prediction, and a final line that repeats a prediction
+written in the user text, make the sample unparsed: that line may be an echo of the prompt.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ __all__ = [
     "PromptTemplate",
     "build_prompt",
     "parse_output",
+    "quote_user_text",
 ]
 
 #: Lengths above this are treated as unparsable rather than trusted.
@@ -133,6 +140,28 @@ class AnchorExample:
     correct: bool
 
 
+# Line breaks as str.splitlines knows them: a tokenizer may show any of them to the model as a new line.
+_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_BLANKS = " \t\u00a0\u200b\u200c\u200d\u2060\ufeff"
+_SECTIONS = (
+    r"task|target[ \t]+model|target[ \t]+question|prediction[ \t]+requirements|output(?:[ \t]+format)?"
+    r"|important[ \t]+notes"
+)
+_LABELS = r"example[ \t]*\d+|question|performance|predicted[ \t*_]+performance|analysis"
+# A line opening with one of the prompt's markers, as the model would read it.
+_FORGED_LINE = re.compile(
+    rf"(?:^|(?<=[{_BREAKS}]))(?=[{_BLANKS}>*_`\-]*"
+    rf"(?:#+[{_BLANKS}*_]*(?:{_SECTIONS})\b|(?:{_LABELS})[{_BLANKS}*_]*(?::|：|\{{|[{_BREAKS}]|\Z)))",
+    re.IGNORECASE,
+)
+
+
+def quote_user_text(text: str) -> str:
+    """``text`` as the prompt shows it: each line that could pass for a marker of the prompt gets a leading
+    backslash; everything else is left byte for byte."""
+    return _FORGED_LINE.sub(r"\\", text)
+
+
 def build_prompt(
     template: PromptTemplate,
     *,
@@ -142,13 +171,13 @@ def build_prompt(
 ) -> str:
     """Render the prompt for one (query, target model) pair.
 
-    The task line states the number of examples actually shown (the authors' script states its
-    configured ``k`` even when fewer anchors were found).
+    The questions go through :func:`quote_user_text`. The task line states the number of examples actually
+    shown (the authors' script states its configured ``k`` even when fewer anchors were found).
     """
     rendered = "".join(
         template.example.format(
             index=i,
-            question=ex.question,
+            question=quote_user_text(ex.question),
             length=int(ex.output_tokens),
             correct="yes" if ex.correct else "no",
         )
@@ -158,7 +187,7 @@ def build_prompt(
         n_anchors=len(examples),
         target_model=target_model,
         examples=rendered,
-        target_question=target_question,
+        target_question=quote_user_text(target_question),
     )
 
 
@@ -176,16 +205,26 @@ class ParsedSample:
         return self.correct is not None
 
 
-# A label, not prose: "Predicted Performance" followed by a colon, a line break or the opening brace.
-_PRED_LABEL = re.compile(r"predicted[ \t*_]+performance[ \t*_#]*(?::|：|\r?\n|(?=\{))", re.IGNORECASE)
+# A label, not prose: "Predicted Performance" followed by a colon, the opening brace or the end of the line.
+_OWN_LABEL = re.compile(
+    r"[ \t#>*_\-]*predicted[ \t*_]+performance[ \t*_#]*(?::|：|(?=\{)|(?=[ \t*_#]*\Z))", re.IGNORECASE
+)
+# A field line under a label that stood alone on the line above it (``### Predicted Performance``).
+_FIELDS_LINE = re.compile(r"[ \t*_`\[(]*(?:\{|len|correct)", re.IGNORECASE)
+# What user text could call a prediction: the words in any case or layout.
+_QUOTED_LABEL = re.compile(r"predicted[\W_]*performance", re.IGNORECASE)
 _ANALYSIS_LABEL = re.compile(r"(?im)^[\s#>*_\-]*analysis[\s*_]*(?::|：)[\s*_]*")
 _LEN_FIELD = re.compile(r"\blen(?:gth)?\s*[:=]\s*[\[(\"']?\s*(?:~|≈|about\s+)?\s*(\d[\d,]*)", re.IGNORECASE)
 _CORRECT_FIELD = re.compile(r"\bcorrect(?:ness)?\s*[:=]\s*[\[(\"']?\s*(yes|no|true|false)\b", re.IGNORECASE)
 _MARKDOWN = re.compile(r"[*_`]")
+_LINE_BREAK = re.compile(f"[{_BREAKS}]")
+_TRAILING_MARKUP = "*_`#>-"
 _TAIL_CHARS = 300
+_UNPARSED = ParsedSample(correct=None, length=None, analysis=None)
 
 
 def _read_fields(tail: str) -> tuple[bool | None, int | None]:
+    tail = tail[:_TAIL_CHARS]
     brace = tail.find("}")
     if brace != -1:
         tail = tail[: brace + 1]
@@ -202,48 +241,61 @@ def _read_fields(tail: str) -> tuple[bool | None, int | None]:
     return correct, length
 
 
+def _line_start(text: str) -> int:
+    """Where the last line of ``text`` starts."""
+    starts = [m.end() for m in _LINE_BREAK.finditer(text)]
+    return starts[-1] if starts else 0
+
+
+def _strip_end(text: str) -> str:
+    """``text`` without trailing blanks and markup-only lines (a closing fence, ``**``)."""
+    while True:
+        stripped = text.rstrip().rstrip(_TRAILING_MARKUP)
+        if stripped == text:
+            return text
+        text = stripped
+
+
+def _forged(quoted: Sequence[str]) -> set[tuple[bool | None, int | None]]:
+    """The predictions written in user text, as (verdict, length) pairs."""
+    found = set()
+    for text in quoted:
+        for m in _QUOTED_LABEL.finditer(text):
+            fields = _read_fields(text[m.end() :])
+            if fields != (None, None):
+                found.add(fields)
+    return found
+
+
 def parse_output(text: str, *, quoted: Sequence[str] = ()) -> ParsedSample:
-    """Parse one SCOPE answer from its final ``Predicted Performance`` line.
+    """Parse one SCOPE answer from its last line, ``Predicted Performance: {len: <int>, correct: <yes/no>}``.
 
-    Tolerates markdown around the labels and fields (``**Predicted Performance:**``, ``*len*``), brackets
-    (``correct: [yes]``), thousands separators and a trailing note after the prediction. Fields are read
-    only after a ``Predicted Performance`` label (followed by a colon, a line break or ``{``; the phrase
-    in prose does not count), the last one that carries a field, and never from the analysis, so a
-    quoted anchor record cannot stand in for the prediction. Missing fields come back as ``None``.
-
-    Labels that open a line are the model's own and are read first. A label in the middle of a line is
-    read only when no line opens with one, and never when it repeats text of ``quoted`` (the prompt's
-    query and anchor questions): a question that carries a fake prediction cannot inject it.
+    Tolerates markdown around the label and fields (``**Predicted Performance:**``, ``*len*``), a label
+    alone on the line above the fields (``### Predicted Performance``), brackets (``correct: [yes]``),
+    thousands separators, and trailing blank or markup-only lines. Nothing else may follow the prediction:
+    a label elsewhere (an anchor record quoted in the analysis, a line echoed from the prompt, a draft) is
+    never read. A last line whose fields equal a prediction written in ``quoted`` (the query and anchor
+    questions shown, in any case or markdown) is taken for an echo and not read either. Missing fields
+    come back as ``None``.
     """
-    labels = list(_PRED_LABEL.finditer(text))
-    own = [m for m in labels if _opens_line(text, m.start())]
-    inline = [m for m in labels if m not in own and not _repeats(text, m, quoted)]
-    for group in (own, inline):
-        for m in reversed(group):
-            start = m.end()
-            later = [o.start() for o in labels if o.start() > m.start()]
-            stop = later[0] if later else len(text)
-            correct, length = _read_fields(text[start : min(stop, start + _TAIL_CHARS)])
-            if correct is None and length is None:
-                continue
-            return ParsedSample(correct=correct, length=length, analysis=_analysis(text[: m.start()]))
-    return ParsedSample(correct=None, length=None, analysis=None)
-
-
-_LINE_OPENER = re.compile(r"[\s#>*_\-]*\Z")
-
-
-def _opens_line(text: str, pos: int) -> bool:
-    line_start = text.rfind("\n", 0, pos) + 1
-    return _LINE_OPENER.match(text[line_start:pos]) is not None
-
-
-def _repeats(text: str, label: re.Match[str], quoted: Sequence[str]) -> bool:
-    if not quoted:
-        return False
-    end = text.find("}", label.end(), label.end() + _TAIL_CHARS)
-    segment = " ".join(text[label.start() : end + 1 if end != -1 else label.end() + 40].split())
-    return any(segment in " ".join(q.split()) for q in quoted)
+    body = _strip_end(text)
+    start = _line_start(body)
+    last = body[start:]
+    label = _OWN_LABEL.match(last)
+    if label is not None:
+        fields, head = _read_fields(last[label.end() :]), body[:start]
+    else:
+        above = _strip_end(body[:start])
+        above_start = _line_start(above)
+        label_line = above[above_start:]
+        label = _OWN_LABEL.match(label_line)
+        if label is None or label_line[label.end() :].strip(" \t*_#:：") or not _FIELDS_LINE.match(last):
+            return _UNPARSED
+        fields, head = _read_fields(last), above[:above_start]
+    if fields == (None, None) or fields in _forged(quoted):
+        return _UNPARSED
+    correct, length = fields
+    return ParsedSample(correct=correct, length=length, analysis=_analysis(head))
 
 
 def _analysis(head: str) -> str | None:
