@@ -43,7 +43,7 @@ def test_decision_metadata_holds_no_secret() -> None:
     store = AnchorStore(embedder=HashingEmbedder())
     store.add(sample_outcomes())
     engine = ScopeEngine(store=store, models=CARDS)
-    d = engine.route("what is 2 plus 2 in arithmetic", reserve=False)
+    d = engine.route("what is 2 plus 2 in arithmetic", options={"reserve": False})
     dumped = d.model_dump_json() + str(d.summary())
     assert "SECRET" not in dumped
 
@@ -66,7 +66,7 @@ def test_vllm_url_credentials_are_never_shown(caplog: pytest.LogCaptureFixture) 
     store = AnchorStore(embedder=HashingEmbedder())
     store.add(sample_outcomes())
     engine = ScopeEngine(store=store, models=CARDS, estimator=scope)
-    d = engine.route("what is 2 plus 2 in arithmetic", reserve=False)
+    d = engine.route("what is 2 plus 2 in arithmetic", options={"reserve": False})
     assert d.degraded and "unavailable" in d.reason
     assert isinstance(scope.backend, HTTPBackend)
     shown = [

@@ -25,13 +25,12 @@ import pytest
 
 from scope_shared import AnchorStore, HashingEmbedder, ScopeEngine, load_outcomes, load_prices
 from scope_shared.errors import EstimatorUnavailableError
+from scope_shared.escalation import Escalation, escalated
 from scope_shared.estimators import (
     AnchorStatsEstimator,
-    GatedEstimator,
     HTTPBackend,
     HybridEstimator,
     ScopeLLMEstimator,
-    escalated,
 )
 from scope_shared.estimators.base import QueryContext
 from scope_shared.types import ModelCard
@@ -190,21 +189,22 @@ def test_hybrid_and_gated_route_through_the_engine(server: VLLMServer, engine_pa
     hybrid = ScopeEngine(
         store=store, models=cards, estimator=HybridEstimator(anchors=AnchorStatsEstimator(), scope=scope)
     )
-    decision = hybrid.route(queries[0], reserve=False)
+    decision = hybrid.route(queries[0], options={"reserve": False})
     assert not decision.degraded
     assert all(e.estimator == "hybrid" and e.samples == 8 for e in decision.estimates.values())
     assert isinstance(scope.backend, HTTPBackend) and scope.backend.model == SERVED_NAME
 
-    gated_est = GatedEstimator(anchors=AnchorStatsEstimator(), scope=scope, margin=1.0)
-    gated = ScopeEngine(store=store, models=cards, estimator=gated_est)
-    decision = gated.route(queries[1], reserve=False)
+    gated = ScopeEngine(
+        store=store, models=cards, estimator=AnchorStatsEstimator(), escalation=Escalation(scope, margin=1.0)
+    )
+    decision = gated.route(queries[1], options={"reserve": False})
     assert escalated(decision.estimates)
     assert sum(e.estimator_tokens for e in decision.estimates.values()) > 0
     strict = ScopeEngine(
-        store=store, models=cards, estimator=GatedEstimator(anchors=AnchorStatsEstimator(), scope=scope, margin=0.0)
+        store=store, models=cards, estimator=AnchorStatsEstimator(), escalation=Escalation(scope, margin=0.0)
     )
     posts = server.chat_posts()
-    decision = strict.route(queries[2], reserve=False)
+    decision = strict.route(queries[2], options={"reserve": False})
     assert not escalated(decision.estimates) and server.chat_posts() == posts
 
 
@@ -215,18 +215,18 @@ def test_engine_falls_back_to_anchor_statistics_when_the_server_stops_mid_run(
     store, cards, queries = engine_parts
     scope = estimator(server, structured_outputs=forced("64", "yes"), retries=1, backoff=0.2, connect_timeout=2.0)
     engine = ScopeEngine(store=store, models=cards, estimator=scope)
-    before = engine.route(queries[3], reserve=False)
+    before = engine.route(queries[3], options={"reserve": False})
     assert not before.degraded and all(e.estimator == "scope" for e in before.estimates.values())
 
     server.stop()
 
     started = time.monotonic()
-    after = engine.route(queries[4], reserve=False)
+    after = engine.route(queries[4], options={"reserve": False})
     assert time.monotonic() - started < 30
     assert after.degraded and "unavailable" in after.reason
     assert all(e.estimator == "anchors" for e in after.estimates.values())
     with pytest.raises(EstimatorUnavailableError, match="after 2 attempts"):
         scope._predict(contexts(engine_parts, 6)[5:], CANDIDATES)
     # What was already estimated is still served from the cache while the server is down.
-    cached = engine.route(queries[3], reserve=False)
+    cached = engine.route(queries[3], options={"reserve": False})
     assert not cached.degraded and cached.model == before.model
