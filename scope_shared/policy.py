@@ -359,6 +359,8 @@ class BudgetLedger:
             msg = f"reservation must be a finite amount >= 0, got {amount}"
             raise ConfigError(msg)
         with self._lock:
+            if self.path is None:  # the routing path: no transaction, no indirection
+                return self._reserve(self._clock(), amount, model, allow_over)
             return self._run(True, self._reserve, amount, model, allow_over)
 
     def reserve(self, amount: float, *, model: str | None = None) -> Reservation:
@@ -375,6 +377,8 @@ class BudgetLedger:
             msg = f"settled cost must be a finite amount >= 0, got {actual}"
             raise ConfigError(msg)
         with self._lock:
+            if self.path is None:
+                return self._settle(self._clock(), reservation_id, actual)
             return self._run(True, self._settle, reservation_id, actual)
 
     def release(self, reservation_id: str) -> bool:
@@ -410,7 +414,8 @@ class BudgetLedger:
     def _reserve(self, now: float, amount: float, model: str | None, allow_over: bool) -> Reservation | None:
         self._refresh(now)
         self._expire_held(now)
-        if not allow_over and self._window.total + self._held_at(now) + amount > self.budget.limit + _EPS:
+        held = self._held_sum if self._db is None else self._held_at(now)
+        if not allow_over and self._window.total + held + amount > self.budget.limit + _EPS:
             return None
         ttl = self.reservation_ttl
         res = Reservation(
@@ -564,6 +569,8 @@ class BudgetLedger:
 
     def _expire_held(self, now: float) -> None:
         """Release reservations past their expiry, each with a WARNING."""
+        if self._db is None and now < self._check_at:
+            return
         expired: list[Reservation] = []
         if self._db is not None:
             rows = self._db.execute(
@@ -578,8 +585,6 @@ class BudgetLedger:
             )
             expired = [Reservation(r[0], r[1], r[2], model=r[4], expires=r[3]) for r in rows]
         else:
-            if now < self._check_at:
-                return
             self._check_at = math.inf
             for res in list(self._held.values()):
                 if res.expires is None:

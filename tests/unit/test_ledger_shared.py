@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from scope_shared import Budget, BudgetLedger
+from scope_shared import Budget, BudgetLedger, ConfigError
 from scope_shared.policy import Settlement
 
 COST = 0.01
@@ -137,3 +137,17 @@ def test_old_file_is_upgraded_in_place(tmp_path: Path) -> None:
     r = ledger.reserve(0.5)
     assert BudgetLedger(Budget(limit=1.0), path=path).settle(r.id, 0.5) is Settlement.SETTLED
     assert ledger.spent == pytest.approx(0.8)
+
+
+def test_newer_file_or_closed_ledger_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    ledger = BudgetLedger(Budget(limit=1.0), path=path)
+    ledger.close()
+    with pytest.raises(ConfigError, match="was closed"):
+        ledger.try_reserve(0.1)
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.commit()
+    db.close()
+    with pytest.raises(ConfigError, match="schema version 99"):
+        BudgetLedger(Budget(limit=1.0), path=path)
