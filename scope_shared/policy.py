@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import enum
 import heapq
+import itertools
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -291,9 +293,13 @@ class BudgetLedger:
         self._held_sum = 0.0
         self._check_at = math.inf  # no reservation held in memory expires before this
         self._expired: OrderedDict[str, Reservation] = OrderedDict()
+        self._id_prefix = f"{uuid.uuid4().hex[:16]}-"  # random per ledger object: ids unique across processes
+        self._ids = itertools.count(1)
         self._db: sqlite3.Connection | None = None
         self._seen_rowid = 0
         self._reload = False
+        self._pid = os.getpid()
+        self._inherited: list[sqlite3.Connection] = []
         if self.path is not None:
             self._db = _open(self.path)
             with self._lock:
@@ -418,9 +424,8 @@ class BudgetLedger:
         if not allow_over and self._window.total + held + amount > self.budget.limit + _EPS:
             return None
         ttl = self.reservation_ttl
-        res = Reservation(
-            id=uuid.uuid4().hex, amount=amount, created=now, model=model, expires=None if ttl is None else now + ttl
-        )
+        rid = f"{self._id_prefix}{next(self._ids):x}"
+        res = Reservation(rid, amount, now, None, model, None if ttl is None else now + ttl)
         if self._db is not None:
             self._db.execute(
                 "INSERT INTO reservation (id, amount, created, expires, model) VALUES (?, ?, ?, ?, ?)",
@@ -502,9 +507,15 @@ class BudgetLedger:
     # -- storage: in memory, or in the file --------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
+        if self._db is None or self.path is None:
             msg = f"the budget ledger over {self.path} was closed; open a new BudgetLedger to use the file"
             raise ConfigError(msg)
+        if self._pid != os.getpid():  # a forked child: a SQLite connection must not cross a fork
+            self._inherited.append(self._db)  # neither used nor closed here, where closing could disturb the file
+            self._db = _open(self.path)
+            self._pid = os.getpid()
+            self._id_prefix = f"{uuid.uuid4().hex[:16]}-"
+            self._reload = True
         return self._db
 
     def _load(self, now: float) -> None:
@@ -527,8 +538,10 @@ class BudgetLedger:
         self._reload = False
 
     def _refresh(self, now: float) -> None:
-        """Fold in spend other ledgers wrote to the file, then move the window to ``now``."""
-        if self._db is not None:
+        """Fold in spend other ledgers wrote to the file, and move the window to ``now``."""
+        if self._db is None:
+            self._window.advance(now)
+        else:
             if self._reload:
                 self._load(now)
             rows = self._db.execute(
@@ -539,8 +552,6 @@ class BudgetLedger:
                 self._seen_rowid = int(rowid)
                 self._settled_total += amount
                 self._window.add(float(ts), float(amount))
-        else:
-            self._window.advance(now)
 
     def _record(self, now: float, amount: float) -> None:
         if self._db is not None:

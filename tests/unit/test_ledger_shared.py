@@ -151,3 +151,23 @@ def test_newer_file_or_closed_ledger_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(ConfigError, match="schema version 99"):
         BudgetLedger(Budget(limit=1.0), path=path)
+
+
+def _reserve_in_fork(ledger: BudgetLedger, out: Any) -> None:
+    res = ledger.reserve(0.3, model="child")
+    out.put((res.id, ledger.settle(res.id, 0.25).value))
+
+
+def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    ledger = BudgetLedger(Budget(limit=1.0), path=tmp_path / "ledger.sqlite")
+    before = ledger.reserve(0.1)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_reserve_in_fork, args=(ledger, out))
+    child.start()
+    child_id, result = out.get(timeout=30)
+    child.join(timeout=10)
+    assert child.exitcode == 0 and result == "settled"
+    after = ledger.reserve(0.1)
+    assert len({before.id, child_id, after.id}) == 3  # the child did not reuse the parent's ids
+    assert ledger.spent == pytest.approx(0.25) and ledger.held == pytest.approx(0.2)
