@@ -4,6 +4,7 @@ This package never imports LangChain or LlamaIndex; the adapters live in ``scope
 ``scope_llamaindex``.
 """
 
+from scope_shared.budget import Budget, BudgetLedger, Settlement
 from scope_shared.data import load_outcomes, load_prices
 from scope_shared.embeddings import (
     CachedEmbedder,
@@ -29,7 +30,7 @@ from scope_shared.errors import (
 )
 from scope_shared.escalation import Escalation
 from scope_shared.estimators import AnchorStatsEstimator, Estimator, Prior
-from scope_shared.policy import Budget, BudgetLedger, choose, utility
+from scope_shared.policy import choose, utility
 from scope_shared.store import AddReport, AnchorStore
 from scope_shared.types import AnchorEvidence, Decision, Estimate, ModelCard, Outcome, RouteOptions
 
@@ -65,6 +66,7 @@ __all__ = [
     "RouteOptions",
     "ScopeEngine",
     "ScopeError",
+    "Settlement",
     "StoreUnavailableError",
     "UnknownModelError",
     "__version__",

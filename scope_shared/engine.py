@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from scope_shared.budget import Budget, BudgetLedger
 from scope_shared.errors import (
     BudgetExceededError,
     ConfigError,
@@ -29,7 +30,7 @@ from scope_shared.escalation import Escalation
 from scope_shared.estimators.anchors import AnchorStatsEstimator
 from scope_shared.estimators.base import Estimator, QueryContext, most_anchors
 from scope_shared.estimators.learned import LearnedEstimator
-from scope_shared.policy import Budget, BudgetLedger, OnNoFit, choose
+from scope_shared.policy import OnNoFit, choose
 from scope_shared.recorder import Recorder
 from scope_shared.store import AnchorStore
 from scope_shared.types import Decision, Estimate, ModelCard, ModelStats, Outcome, RouteOptions
@@ -147,6 +148,7 @@ class ScopeEngine:
         self.reserve_factor = reserve_factor
         self._recorder = Recorder(self._write, write_behind=write_behind, unsent=_unsent_path(unsent, store))
         self._last_stats: Mapping[str, ModelStats] | None = None
+        self._settled_blind: set[str] = set()  # models whose usage-less outcomes were settled (logged once)
 
     def __repr__(self) -> str:
         return (
@@ -518,17 +520,43 @@ class ScopeEngine:
     def record(self, outcome: Outcome, *, decision: Decision | str | None = None) -> None:
         """Write a real outcome into the store (retried later if the store is down) and settle its cost.
 
-        With ``write_behind`` above 0 the outcome is queued and written by a background thread.
+        With ``decision`` (or its reservation id), its reservation is settled: at the real cost when the
+        outcome carries both token counts, else at the expected cost (logged: the real spend is unknown). With
+        ``write_behind`` above 0 the outcome is queued and written by a background thread.
         """
         self.card(outcome.model)
-        if decision is not None and outcome.input_tokens is not None and outcome.output_tokens is not None:
-            self.settle(
-                decision,
-                model=outcome.model,
-                input_tokens=outcome.input_tokens,
-                output_tokens=outcome.output_tokens,
-            )
+        if decision is not None:
+            if outcome.input_tokens is not None and outcome.output_tokens is not None:
+                self.settle(
+                    decision,
+                    model=outcome.model,
+                    input_tokens=outcome.input_tokens,
+                    output_tokens=outcome.output_tokens,
+                )
+            else:
+                self._settle_expected(decision, outcome.model)
         self._recorder.put(outcome)
+
+    def _settle_expected(self, decision: Decision | str, model: str) -> None:
+        """Settle a reservation whose real usage is unknown at its expected cost, and say so."""
+        if self._ledger is None:
+            return
+        expected: float | None
+        if isinstance(decision, Decision):
+            rid, expected = decision.reservation_id, decision.estimate.cost
+        else:
+            held = self._ledger.reservation(decision)
+            rid, expected = decision, (held.amount / self.reserve_factor if held is not None else None)
+        if rid is None or expected is None or not self._ledger.settle(rid, expected):
+            return
+        if model not in self._settled_blind:
+            self._settled_blind.add(model)
+            logger.warning(
+                "outcome of %s recorded without token counts: its reservation is settled at the expected cost "
+                "$%.6g (record input_tokens and output_tokens to count the real spend)",
+                model,
+                expected,
+            )
 
     def _retry_unwritten(self) -> None:
         """Writing synchronously, outcomes kept while the store was down are retried before routing (with

@@ -364,3 +364,19 @@ def test_reading_fewer_neighbour_records_leaves_estimates_unchanged(
         for model in a:
             assert a[model].p_correct == pytest.approx(b[model].p_correct, abs=1e-12)
             assert a[model].output_tokens == pytest.approx(b[model].output_tokens, rel=1e-9)
+
+
+def test_an_outcome_without_usage_settles_its_reservation_at_the_expected_cost(
+    store: AnchorStore, cards: list[ModelCard], caplog: pytest.LogCaptureFixture
+) -> None:
+    eng = ScopeEngine(store=store, models=cards, budget=Budget(limit=1.0), value_per_correct=1.0)
+    for i in range(3):
+        d = eng.route(POEM)
+        with caplog.at_level("WARNING"):
+            eng.record(Outcome(query=f"{POEM} {i}", model=d.model, correct=1.0), decision=d)
+        assert eng.ledger is not None and eng.ledger.held == 0.0
+    assert eng.ledger.spent == pytest.approx(3 * d.estimate.cost)
+    assert caplog.text.count("recorded without token counts") == 1  # said once per model, not per call
+    by_id = eng.route(POEM)
+    eng.record(Outcome(query=f"{POEM} by id", model=by_id.model, correct=1.0), decision=by_id.reservation_id)
+    assert eng.ledger.held == 0.0 and eng.ledger.spent == pytest.approx(4 * d.estimate.cost)

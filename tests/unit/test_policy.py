@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import logging
 import threading
+from pathlib import Path
 
 import pytest
 
 from scope_shared import Budget, BudgetExceededError, BudgetLedger, ConfigError, Estimate, choose, utility
+from scope_shared.budget import Settlement
 
 
 def est(name: str, p: float, cost: float) -> Estimate:
@@ -132,3 +135,60 @@ def test_overrun_is_counted_not_hidden() -> None:
     led = BudgetLedger(Budget(limit=1.0))
     led.settle(led.reserve(0.1).id, 0.15)
     assert led.spent == pytest.approx(0.15) and led.overrun_total == pytest.approx(0.05)
+
+
+def test_reservation_ttl_releases_unsettled_and_late_settle_counts(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    led = BudgetLedger(Budget(limit=1.0), clock=lambda: now[0], reservation_ttl=60)
+    lost = led.reserve(0.8, model="big")
+    now[0] = 59.9
+    assert led.try_reserve(0.5) is None and led.held == pytest.approx(0.8)
+    now[0] = 60.0
+    with caplog.at_level(logging.WARNING, logger="scope_shared.budget"):
+        assert led.held == 0.0
+    assert any("big" in r.getMessage() and "0.8" in r.getMessage() for r in caplog.records), caplog.text
+    assert led.remaining == pytest.approx(1.0)
+    late = led.settle(lost.id, 0.7)  # the call did run: its cost is counted, and the caller can tell it was late
+    assert late and late is Settlement.LATE
+    assert led.spent == pytest.approx(0.7) and led.settled_total == pytest.approx(0.7)
+    assert led.settle(lost.id, 0.7) is Settlement.NOT_FOUND and led.spent == pytest.approx(0.7)
+    r = led.reserve(0.2)
+    assert led.settle(r.id, 0.2) is Settlement.SETTLED
+
+
+def test_reservation_ttl_default_and_forever() -> None:
+    assert BudgetLedger(Budget(limit=1.0)).reservation_ttl == 900.0
+    now = [0.0]
+    led = BudgetLedger(Budget(limit=1.0), clock=lambda: now[0], reservation_ttl=None)
+    r = led.reserve(0.8)
+    now[0] = 1e9
+    assert led.held == pytest.approx(0.8) and led.settle(r.id, 0.8) is Settlement.SETTLED
+    with pytest.raises(ConfigError, match="reservation_ttl"):
+        BudgetLedger(Budget(limit=1.0), reservation_ttl=0)
+
+
+@pytest.mark.parametrize("persisted", [False, True])
+def test_window_survives_clock_jumping_forward_then_back(tmp_path: Path, persisted: bool) -> None:
+    now = [1000.0]
+    path = tmp_path / "ledger.sqlite" if persisted else None
+    led = BudgetLedger(Budget(limit=1.0, window_seconds=60), path=path, clock=lambda: now[0])
+    led.settle(led.reserve(0.8).id, 0.8)
+    now[0] = 5000.0  # the wall clock jumps forward: by this clock the spend left the window
+    assert led.spent == 0.0
+    now[0] = 1010.0  # and is set back: the spend is 10 s old again and counts
+    assert led.spent == pytest.approx(0.8)
+    assert led.try_reserve(0.5) is None
+    now[0] = 1060.5
+    assert led.spent == 0.0 and led.try_reserve(0.9) is not None
+
+
+def test_large_overrun_logs_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    led = BudgetLedger(Budget(limit=10.0))
+    with caplog.at_level(logging.DEBUG, logger="scope_shared.budget"):
+        led.settle(led.reserve(0.01, model="small").id, 0.015)  # 1.5x: expected noise
+        led.settle(led.reserve(0.001, model="tiny").id, 0.005)  # 5x but half a cent over
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        led.settle(led.reserve(0.01, model="big").id, 0.05)  # 5x and 4 cents over
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "big" in warned[0].getMessage()
+    assert led.overrun_total == pytest.approx(0.005 + 0.004 + 0.04)

@@ -12,7 +12,7 @@ CORE = {
     "BudgetLedger", "CachedEmbedder", "CallableEmbedder", "ConfigError", "DataError", "Decision", "Embedder",
     "EmbedderError", "EmptyStoreError", "Escalation", "Estimate", "Estimator", "EstimatorUnavailableError", "HashingEmbedder",
     "MiniLMEmbedder", "ModelCard", "NoAnchorDataError", "Outcome", "Prior", "ReplayMissError", "RouteOptions",
-    "ScopeEngine", "ScopeError",
+    "ScopeEngine", "ScopeError", "Settlement",
     "StoreUnavailableError", "UnknownModelError", "__version__", "as_embedder", "choose", "load_outcomes",
     "load_prices", "utility",
 }
