@@ -25,9 +25,10 @@ answer), so this weight is a stated choice, not a fitted one.
 
 Fitting is leave-one-out over the anchors themselves: each anchor is treated as a query whose neighbours
 are the other anchors, so the weights (and the calibration they imply) come from the anchors only. Call
-:meth:`LearnedEstimator.fit` explicitly, or let the engine bind its store and fit on first use; the
-estimator refits in a background thread when the number of anchors changes by more than ``refit_growth``
-(the previous fit keeps serving meanwhile).
+:meth:`LearnedEstimator.fit` explicitly, or let the engine bind its store: the estimator then loads the fit
+saved with the store, or fits, in a background thread (until it is ready the engine estimates with its
+fallback and says so in each decision), and refits in the background when the number of anchors changes
+by more than ``refit_growth`` (the previous fit keeps serving meanwhile).
 
 Modules: ``features`` (text statistics, neighbour arrays and features, the small numerics), ``params`` (a
 fit's parameters, report, JSON form and state key), ``fit`` (leave-one-out fitting), ``predict`` (a fit

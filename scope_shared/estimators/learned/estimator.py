@@ -1,4 +1,11 @@
-"""The learned estimator itself: configuration, fit lifecycle (load, fit, refit on growth) and prediction."""
+"""The learned estimator itself: configuration, fit lifecycle (load, fit, refit on growth) and prediction.
+
+Lifecycle: :meth:`LearnedEstimator.bind` (the engine calls it at construction) starts loading the fit saved
+with the store, or fitting, in a background thread; until a fit is ready a prediction raises
+:class:`EstimatorUnavailableError` at once, so the engine answers from its fallback and marks the decision
+degraded. :meth:`~LearnedEstimator.wait_ready` waits for the fit; :meth:`~LearnedEstimator.fit` and
+:meth:`~LearnedEstimator.from_store` fit in the caller's thread.
+"""
 
 from __future__ import annotations
 
@@ -56,6 +63,9 @@ class LearnedEstimator(Estimator):
             neighbours searched within the sample), so a fit reads a bounded amount whatever the store's size.
         persist: save each fit with the store (:meth:`AnchorStore.save_state`) and, before fitting, load the
             one saved there: a fitted store opens ready in every process, and only growth refits.
+        fit_retry_s: after the background load or fit of an unfitted estimator fails (e.g. the store is
+            down), a prediction starts another attempt once this many seconds have passed; the wait doubles
+            with each failure in a row, up to 10 minutes.
     """
 
     name = "learned"
@@ -78,6 +88,7 @@ class LearnedEstimator(Estimator):
         seed: int = 0,
         max_store_anchors: int = 10_000,
         persist: bool = True,
+        fit_retry_s: float = 10.0,
     ) -> None:
         if k < 1:
             msg = f"k must be >= 1, got {k}"
@@ -97,8 +108,8 @@ class LearnedEstimator(Estimator):
                 f"max_fit_anchors, got {max_fit_anchors}, {min_fit_pairs}, {refit_growth}, {max_store_anchors}"
             )
             raise ConfigError(msg)
-        if refit_check_s < 0:
-            msg = f"refit_check_s must be >= 0, got {refit_check_s}"
+        if refit_check_s < 0 or fit_retry_s < 0:
+            msg = f"refit_check_s and fit_retry_s must be >= 0, got {refit_check_s}, {fit_retry_s}"
             raise ConfigError(msg)
         self.k = k
         self.power = power
@@ -115,26 +126,37 @@ class LearnedEstimator(Estimator):
         self.seed = seed
         self.max_store_anchors = max_store_anchors
         self.persist = persist
+        self.fit_retry_s = fit_retry_s
         self._store: AnchorSource | None = None
         self._params: Params | None = None
         self._lock = threading.Lock()
         self._seen_version: str | None = None
         self._counted_at = -math.inf
-        self._refit_thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the background first fit or refit
+        self._started_at = -math.inf
+        self._failures = 0  # background first fits failed in a row
+        self._failed_at = -math.inf
+        self._last_error = ""
 
     # -- fitting -------------------------------------------------------------------------------
 
     @classmethod
     def from_store(cls, store: AnchorSource, **options: Any) -> LearnedEstimator:
-        """Build, bind to ``store`` and fit now."""
+        """Build, fit on ``store`` now (in this thread) and bind to it."""
         est = cls(**options)
-        est.bind(store)
         est.fit(store)
+        est.bind(store)
         return est
 
     def bind(self, store: AnchorSource) -> None:
-        """Keep ``store`` for the lazy first fit and later refits (the engine calls this)."""
+        """Keep ``store`` for refits and, if not fitted yet, start loading or fitting in the background.
+
+        The engine calls this at construction. Nothing here touches the store: a store that is down makes
+        the background attempt fail (logged at WARNING and retried, see ``fit_retry_s``), never this call.
+        """
         self._store = store
+        if self._params is None:
+            self._start(store, first=True)
 
     @property
     def fitted(self) -> bool:
@@ -152,6 +174,7 @@ class LearnedEstimator(Estimator):
             msg = "LearnedEstimator has no store to fit on: call fit(store), or use it through ScopeEngine"
             raise ConfigError(msg)
         total = store.count()
+        self._counted_at = time.monotonic()  # the growth check need not count again right away
         if total > self.max_store_anchors:
             records, embeddings, in_tokens = store.sample(self.max_store_anchors, seed=self.seed)
         else:
@@ -161,16 +184,17 @@ class LearnedEstimator(Estimator):
         tokens = [
             t if t is not None else max(1.0, len(r.question) * tpc) for r, t in zip(records, in_tokens, strict=True)
         ]
-        report = self.fit_anchors(records, np.asarray(embeddings, dtype=np.float64), tokens)
+        params = fit_params(records, np.asarray(embeddings, dtype=np.float64), tokens, self._settings)
         if len(records) < total:
-            params = self._params
-            assert params is not None
             note = f"fitted on a random {len(records)} of {total} anchors"
-            report = dataclasses.replace(report, anchors=total, note="; ".join(x for x in (report.note, note) if x))
-            self._set_params(dataclasses.replace(params, anchors=total, report=report))
+            report = dataclasses.replace(
+                params.report, anchors=total, note="; ".join(x for x in (params.report.note, note) if x)
+            )
+            params = dataclasses.replace(params, anchors=total, report=report)
+        self._set_params(params)
         if self.persist:
             self._save(store)
-        return report
+        return params.report
 
     # -- persistence ---------------------------------------------------------------------------
 
@@ -227,33 +251,100 @@ class LearnedEstimator(Estimator):
         self._params = params
         return params.report
 
-    # -- lazy fit and refit --------------------------------------------------------------------
+    # -- background fit and refit ------------------------------------------------------------
+
+    def _start(self, store: AnchorSource, *, first: bool) -> bool:
+        """Start a background first fit (load the saved one, else fit) or refit, unless one is running."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return False
+            self._started_at = time.monotonic()
+            target = self._first_fit if first else self._refit
+            self._thread = threading.Thread(target=target, args=(store,), name="scope-learned-fit", daemon=True)
+            self._thread.start()
+            return True
+
+    def _first_fit(self, store: AnchorSource) -> None:
+        try:
+            if not (self.persist and self.load(store) is not None):
+                self.fit(store)
+        except Exception as exc:
+            self._failures += 1
+            self._failed_at = time.monotonic()
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            logger.warning(
+                "learned estimator could not load or fit on its anchors (%s); the fallback estimates until a "
+                "later prediction retries in %.0fs",
+                self._last_error,
+                self._retry_delay(),
+                exc_info=not isinstance(exc, StoreUnavailableError),
+            )
+        else:
+            self._failures = 0
+
+    def _refit(self, store: AnchorSource) -> None:
+        try:
+            self.fit(store)
+        except Exception:
+            logger.exception("learned estimator refit failed; the previous fit keeps serving")
+
+    def _retry_delay(self) -> float:
+        return float(min(self.fit_retry_s * 2.0 ** max(self._failures - 1, 0), 600.0))
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for a background first fit in progress; returns whether a fit is ready.
+
+        Returns False at once when none is in progress and there is no fit (not bound, or the last attempt
+        failed: a later prediction retries it).
+        """
+        thread = self._thread
+        if self._params is None and thread is not None:
+            thread.join(timeout)
+        return self._params is not None
+
+    def wait_refit(self, timeout: float | None = None) -> None:
+        """Wait for a background fit or refit in progress (if any) to finish."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
 
     def _ensure_fitted(self, ctxs: Sequence[QueryContext]) -> Params:
-        version = ctxs[0].anchor_version if ctxs else None
         params = self._params
         if params is None:
-            with self._lock:
-                if self._params is None:
-                    if self._store is None:
-                        msg = (
-                            "LearnedEstimator is not fitted: call fit(store) or from_store(store), or use it "
-                            "through ScopeEngine, which binds its store for a fit on first use"
-                        )
-                        raise ConfigError(msg)
-                    try:
-                        loaded = self.persist and self.load(self._store) is not None
-                        if not loaded:
-                            self.fit(self._store)
-                    except StoreUnavailableError as exc:
-                        msg = f"cannot fit the learned estimator: {exc}"
-                        raise EstimatorUnavailableError(msg) from exc
-                    # A saved fit may predate later writes: let the growth check below look at it once.
-                    self._seen_version = None if loaded else version
-            params = self._params
-            assert params is not None
-        self._maybe_refit(version, params)
+            params = self._not_ready()
+        self._maybe_refit(ctxs[0].anchor_version if ctxs else None, params)
         return params
+
+    def _not_ready(self) -> Params:
+        """The fit if it became ready meanwhile; else raise, after starting a retry that is due."""
+        store = self._store
+        if store is None:
+            msg = (
+                "LearnedEstimator is not fitted: call fit(store) or from_store(store), or use it through "
+                "ScopeEngine, which binds its store and fits in the background"
+            )
+            raise ConfigError(msg)
+        thread = self._thread
+        running = thread is not None and thread.is_alive()
+        params = self._params  # read after the thread's state: a fit that finished just now is seen here
+        if params is not None:
+            return params
+        now = time.monotonic()
+        if not running and (not self._failures or now - self._failed_at >= self._retry_delay()):
+            if self._start(store, first=True):
+                logger.info("retrying the learned estimator's load or fit on its anchors")
+            running = True  # by this call or by a concurrent one
+        if running:
+            msg = (
+                f"learned estimator is still fitting on its anchors (started {now - self._started_at:.1f}s ago); "
+                "wait_ready() waits for it"
+            )
+        else:
+            msg = (
+                f"learned estimator has no fit: loading or fitting on its anchors failed ({self._last_error}); "
+                f"retried in {max(0.0, self._failed_at + self._retry_delay() - now):.0f}s"
+            )
+        raise EstimatorUnavailableError(msg)
 
     def _maybe_refit(self, version: str | None, params: Params) -> None:
         store = self._store
@@ -269,24 +360,8 @@ class LearnedEstimator(Estimator):
             return
         if abs(count - params.anchors) <= self.refit_growth * max(params.anchors, 1):
             return
-        with self._lock:
-            if self._refit_thread is not None and self._refit_thread.is_alive():
-                return
+        if self._start(store, first=False):
             logger.info("anchors changed from %d to %d; refitting the learned estimator", params.anchors, count)
-            self._refit_thread = threading.Thread(target=self._refit, args=(store,), name="scope-refit", daemon=True)
-            self._refit_thread.start()
-
-    def _refit(self, store: AnchorSource) -> None:
-        try:
-            self.fit(store)
-        except Exception:
-            logger.exception("learned estimator refit failed; the previous fit keeps serving")
-
-    def wait_refit(self, timeout: float | None = None) -> None:
-        """Wait for a background refit in progress (if any) to finish."""
-        thread = self._refit_thread
-        if thread is not None:
-            thread.join(timeout)
 
     # -- prediction ----------------------------------------------------------------------------
 
