@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import logging
 import math
 import threading
 from pathlib import Path
@@ -11,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scope_shared import AnchorStore, ConfigError, HashingEmbedder, ModelCard, Outcome, ScopeEngine
+from scope_shared import (
+    AnchorStore,
+    ConfigError,
+    HashingEmbedder,
+    ModelCard,
+    Outcome,
+    ScopeEngine,
+    StoreUnavailableError,
+)
 from scope_shared.cli import main
 from scope_shared.estimators import AnchorOutcome, AnchorRecord, AnchorStatsEstimator, ModelStats, QueryContext
 from scope_shared.estimators.learned import LearnedEstimator
@@ -237,16 +247,19 @@ def more_math(n: int, start: int = 100) -> list[Outcome]:
     return rows
 
 
-def test_engine_binds_store_fits_lazily_and_refits_on_growth(store: AnchorStore, cards: list[ModelCard]) -> None:
+def test_engine_binds_store_fits_in_the_background_and_refits_on_growth(
+    store: AnchorStore, cards: list[ModelCard]
+) -> None:
     records, emb, in_tok = store.export()
     assert len(records) == store.count() == len(MATH) + len(POEMS)
     assert emb.shape[0] == len(records) and in_tok[0] in (8.0, 9.0)
-    est = LearnedEstimator(k=5, min_fit_pairs=10)
+    est = LearnedEstimator(k=5, min_fit_pairs=10, refit_check_s=0.0)  # count after every write
     engine = ScopeEngine(store=store, models=cards, estimator=est, k=5)
-    assert not est.fitted
+    assert est.wait_ready(timeout=30)
+    assert est.fitted and est.report is not None and est.report.anchors == 20
     math_q, poem_q = "what is 40 plus 41 in arithmetic", "write a sonnet poem about the grey moon"
     d_math = engine.route(math_q, options={"reserve": False})
-    assert est.fitted and est.report is not None and est.report.anchors == 20
+    assert d_math.estimate.estimator == "learned"
     d_poem = engine.route(poem_q, options={"reserve": False})
     assert d_math.estimates["small"].p_correct > d_poem.estimates["small"].p_correct
     assert d_poem.estimates["small"].output_tokens > d_math.estimates["small"].output_tokens
@@ -262,18 +275,19 @@ def test_writes_between_decisions_count_the_store_at_most_every_refit_check_s(
 ) -> None:
     est = LearnedEstimator(k=5, min_fit_pairs=10, refit_check_s=check_s)
     engine = ScopeEngine(store=store, models=cards, estimator=est, k=5)
-    engine.route("what is 40 plus 41 in arithmetic", options={"reserve": False})  # fits
+    assert est.wait_ready(timeout=30)  # the fit counted the store: that count starts the refit_check_s clock
+    engine.route("what is 40 plus 41 in arithmetic", options={"reserve": False})
     counts: list[str] = []  # the thread of each count (a background refit counts too)
     real_count = store.count
     monkeypatch.setattr(store, "count", lambda: counts.append(threading.current_thread().name) or real_count())
     for i in range(4):  # a router recording every call: a write between each two decisions
         store.add(more_math(1, start=500 + i))
         engine.route(f"what is {i} plus 7 in arithmetic", options={"reserve": False})
-    assert counts.count(threading.main_thread().name) == (1 if check_s else 4)
+    assert counts.count(threading.main_thread().name) == (0 if check_s else 4)
     est.wait_refit(timeout=30)
     assert est.report is not None
     if check_s:
-        assert est.report.anchors == 20  # the one count saw 21 anchors: within refit_growth
+        assert est.report.anchors == 20  # not counted again within the hour: no refit
     else:
         assert est.report.anchors > 20  # counted each time: saw 23 > 20 * 1.1 and refitted
 
@@ -429,6 +443,7 @@ def test_engine_with_learned_estimator_routes(store: AnchorStore, cards: list[Mo
     engine = ScopeEngine(store=store, models=cards)  # the default
     assert isinstance(engine.estimator, LearnedEstimator)
     assert isinstance(engine.fallback, AnchorStatsEstimator)
+    assert engine.estimator.wait_ready(timeout=30)
     d = engine.route("what is 7 plus 8 in arithmetic", options={"reserve": False})
     assert d.estimate.estimator == "learned"
 
@@ -461,15 +476,17 @@ def test_fit_is_saved_with_the_store_and_loaded_by_the_next_process(
         k=5,
     )
     q = "question 7 of cluster 1"
+    assert first.wait_ready(timeout=30)
     before = engine.estimate([q])[0][0]
 
     def no_fit(*_: object, **__: object) -> None:
         raise AssertionError("refitted although a fit is saved with the store")
 
-    monkeypatch.setattr(LearnedEstimator, "fit_anchors", no_fit)
+    monkeypatch.setattr(LearnedEstimator, "fit", no_fit)
     reopened = AnchorStore(path=tmp_path, embedder=store.embedder)
     second = LearnedEstimator(k=5)
     engine2 = ScopeEngine(store=reopened, models=list(engine.models.values()), estimator=second, k=5)
+    assert second.wait_ready(timeout=30)  # a fit attempt would have failed: not ready
     after = engine2.estimate([q])[0][0]
     assert second.report == first.report
     for m in ABILITY:
@@ -483,13 +500,13 @@ def test_unreadable_saved_fit_is_refitted(tmp_path: Path) -> None:
     store = world_store(tmp_path, 200)
     est = LearnedEstimator(k=5)
     store.save_state(est.state_key, "{not json")
-    engine = ScopeEngine(
+    ScopeEngine(  # binding starts the load, which finds the text unreadable, then the fit
         store=store,
         models=[ModelCard(name=m, input_per_mtok=1, output_per_mtok=1) for m in ABILITY],
         estimator=est,
         k=5,
     )
-    engine.estimate(["question 3 of cluster 3"])
+    assert est.wait_ready(timeout=30)
     assert est.report is not None and est.report.anchors == 200
     assert json.loads(store.load_state(est.state_key) or "")["anchors"] == 200
 
@@ -503,3 +520,62 @@ def test_large_store_is_fitted_on_a_bounded_sample() -> None:
     assert report.loo_auroc_within_model is not None and report.loo_auroc_within_model > 0.6
     with pytest.raises(ConfigError, match="max_store_anchors"):
         LearnedEstimator(max_fit_anchors=500, max_store_anchors=100)
+
+
+def test_a_route_while_the_first_fit_runs_falls_back_at_once_and_says_so(
+    store: AnchorStore, cards: list[ModelCard], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    real_export = store.export
+
+    def slow_export() -> tuple[list[AnchorRecord], np.ndarray, list[float | None]]:
+        release.wait(10)  # a fit in the caller's thread would hold the route here
+        return real_export()
+
+    monkeypatch.setattr(store, "export", slow_export)
+    est = LearnedEstimator(k=5, min_fit_pairs=10)
+    engine = ScopeEngine(store=store, models=cards, estimator=est, k=5)
+    q = "what is 40 plus 41 in arithmetic"
+    decisions = [engine.route(q, options={"reserve": False}), asyncio.run(engine.aroute(q, options={"reserve": False}))]
+    for d in decisions:
+        assert d.degraded and "learned estimator is still fitting" in d.reason
+        assert d.estimate.estimator == "anchors"
+    assert not release.is_set() and not est.fitted
+    assert not est.wait_ready(timeout=0.05)
+    release.set()
+    assert est.wait_ready(timeout=30)
+    d = engine.route(q, options={"reserve": False})
+    assert d.estimate.estimator == "learned" and not d.degraded
+
+
+def test_a_store_down_at_construction_is_retried_by_a_later_prediction_not_every_one(
+    store: AnchorStore, cards: list[ModelCard], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    down = [True]
+    attempts: list[str] = []
+    real_load = store.load_state
+
+    def load_state(key: str) -> str | None:
+        attempts.append(key)
+        if down[0]:
+            raise StoreUnavailableError("chroma is down (test)")
+        return real_load(key)
+
+    monkeypatch.setattr(store, "load_state", load_state)
+    est = LearnedEstimator(k=5, min_fit_pairs=10, fit_retry_s=3600)
+    with caplog.at_level(logging.WARNING, logger="scope_shared.estimators.learned"):
+        engine = ScopeEngine(store=store, models=cards, estimator=est, k=5)  # does not raise
+        assert not est.wait_ready(timeout=30)
+    failed = [r for r in caplog.records if r.levelno == logging.WARNING and "could not load or fit" in r.getMessage()]
+    assert len(failed) == 1 and "chroma is down (test)" in failed[0].getMessage()
+    q = "what is 40 plus 41 in arithmetic"
+    for _ in range(5):
+        d = engine.route(q, options={"reserve": False})
+        assert d.degraded and d.estimate.estimator == "anchors"
+        assert "loading or fitting on its anchors failed" in d.reason and "chroma is down" in d.reason
+    assert len(attempts) == 1  # not retried before fit_retry_s
+    down[0] = False
+    est.fit_retry_s = 0.0
+    assert engine.route(q, options={"reserve": False}).degraded  # this prediction starts the retry; it does not wait for it
+    assert est.wait_ready(timeout=30) and len(attempts) == 2
+    assert engine.route(q, options={"reserve": False}).estimate.estimator == "learned"

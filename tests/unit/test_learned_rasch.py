@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from scope_shared.estimators.learned import _rasch_easiness, text_stats
+from scope_shared.estimators.learned.features import rasch_easiness, text_stats
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -24,7 +24,7 @@ def test_rasch_easiness_is_unbiased_when_models_answered_different_items() -> No
     correct = (rng.random(p.shape) < p).astype(float)
     correct[:300, 3:] = np.nan  # weak models: items 300.. only
     correct[600:, :3] = np.nan  # strong models: items ..599 only (200 items overlap)
-    est = _rasch_easiness(correct)
+    est = rasch_easiness(correct)
     has = ~np.isnan(correct)
     p_model = np.nansum(correct, axis=0) / has.sum(axis=0)
     mean_resid = np.nanmean(correct - p_model[None, :], axis=1)
@@ -37,7 +37,7 @@ def test_rasch_easiness_is_unbiased_when_models_answered_different_items() -> No
 
 def test_rasch_easiness_stays_finite_for_unanimous_and_empty_items() -> None:
     correct = np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [np.nan, np.nan, np.nan], [1.0, 0.0, np.nan]])
-    est = _rasch_easiness(correct)
+    est = rasch_easiness(correct)
     assert np.all(np.isfinite(est))
     assert est[0] > est[3] > est[1]
     assert est[2] == 0.0
