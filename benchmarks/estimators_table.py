@@ -132,7 +132,8 @@ def latency(
     cards = [c for c in load_prices(prices) if c.name in known]
     engines = {e: ScopeEngine(store=store, models=cards, **build_routing(e, k=k)._asdict(), k=k) for e in estimators}
     for engine in engines.values():
-        engine.route(queries[0], options={"reserve": False})  # the learned estimator fits here, once
+        engine.wait_ready()  # the learned estimator fits in the background from construction: time it ready
+        engine.route(queries[0], options={"reserve": False})
     route: dict[str, list[float]] = {e: [] for e in estimators}
     only: dict[str, list[float]] = {e: [] for e in estimators}
     embed: list[float] = []

@@ -122,6 +122,7 @@ def cmd_route(args: argparse.Namespace) -> int:
         value_per_correct=args.value,
         max_cost_per_call=args.max_cost,
     )
+    engine.wait_ready()  # a one-off decision: load the saved fit (or fit) rather than answer from the fallback
     decision = engine.route(args.query, options={"reserve": False})
     if args.json:
         _out(json.dumps(decision.model_dump(mode="json"), indent=2))

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,7 @@ class ScopeEngine:
         self.reserve_factor = reserve_factor
         self._recorder = Recorder(self._write, write_behind=write_behind, unsent=_unsent_path(unsent, store))
         self._last_stats: Mapping[str, ModelStats] | None = None
+        self._fallback_warned_at = -math.inf
         self._settled_blind: set[str] = set()  # models whose usage-less outcomes were settled (logged once)
 
     def __repr__(self) -> str:
@@ -296,9 +298,13 @@ class ScopeEngine:
     def _fallback_or_raise(self, exc: EstimatorUnavailableError) -> Estimator:
         if self.fallback is None:
             raise exc
-        logger.warning(
-            "estimator %s unavailable (%s); falling back to %s", self.estimator.name, exc, self.fallback.name
-        )
+        now = time.monotonic()
+        # said at WARNING once a minute: at high traffic an outage would otherwise log a line per decision
+        level = logging.WARNING if now - self._fallback_warned_at >= 60.0 else logging.DEBUG
+        if level == logging.WARNING:
+            self._fallback_warned_at = now
+        name, fallback = self.estimator.name, self.fallback.name
+        logger.log(level, "estimator %s unavailable (%s); falling back to %s", name, exc, fallback)
         return self.fallback
 
     def estimate(
@@ -580,6 +586,14 @@ class ScopeEngine:
         so they cannot block later outcomes.
         """
         return self._recorder.flush()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait for the estimators' start-up (the learned one loads or fits in the background); True if ready.
+
+        Until it is ready, decisions come from the fallback estimator and are marked degraded.
+        """
+        stages = [self.estimator] + ([self.escalation.estimator] if self.escalation is not None else [])
+        return all(stage.wait_ready(timeout) for stage in stages)
 
     def close(self) -> None:
         """Write what is queued and stop the write-behind thread (a later ``record`` writes at once)."""

@@ -262,7 +262,7 @@ def evaluate(
     estimates: dict[str, dict[str, Estimate]] = {}
     degraded: list[str] = []
     t1 = time.perf_counter()
-    getattr(engine.estimator, "wait_ready", lambda: True)()  # estimate with a fit started at construction
+    engine.wait_ready()  # estimate with the fit started at construction, not the fallback
     for start in range(0, len(queries), batch_size):
         chunk = queries[start : start + batch_size]
         rows, reason = engine.estimate(chunk, input_tokens=[in_tok.get(q) for q in chunk])

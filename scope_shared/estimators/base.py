@@ -151,6 +151,10 @@ class Estimator(ABC):
     def bind(self, source: AnchorSource) -> None:  # noqa: B027 - optional hook
         """Called by the engine with its anchors; estimators that fit on them keep it (default: ignored)."""
 
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for what :meth:`bind` started (a first fit); returns whether ready."""
+        return True
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients the estimator holds."""
 

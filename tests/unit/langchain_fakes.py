@@ -57,7 +57,9 @@ def anchor_outcomes() -> list[Outcome]:
 def make_engine(**kwargs: Any) -> ScopeEngine:
     store = AnchorStore(embedder=HashingEmbedder())
     store.add(anchor_outcomes(), progress=False)
-    return ScopeEngine(store=store, models=CARDS, k=5, **kwargs)
+    engine = ScopeEngine(store=store, models=CARDS, k=5, **kwargs)
+    engine.wait_ready(timeout=30)
+    return engine
 
 
 class Script:

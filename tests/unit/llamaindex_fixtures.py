@@ -64,13 +64,15 @@ def make_store() -> AnchorStore:
 def make_engine(
     *, budget: float | None = None, value_per_correct: float | None = 0.01, **kw: object
 ) -> ScopeEngine:
-    return ScopeEngine(
+    engine = ScopeEngine(
         store=make_store(),
         models=CARDS,
         value_per_correct=value_per_correct,
         budget=Budget(limit=budget) if budget is not None else None,
         **kw,  # type: ignore[arg-type]
     )
+    engine.wait_ready(timeout=30)
+    return engine
 
 
 def replay_llms() -> dict[str, ReplayLLM]:

@@ -33,6 +33,7 @@ SUM = "what is 41 plus 42 in arithmetic"
 
 def test_routes_by_expected_utility(store: AnchorStore, cards: list[ModelCard]) -> None:
     eng = ScopeEngine(store=store, models=cards, value_per_correct=1.0)
+    assert eng.wait_ready(timeout=30)
     poem, arith = eng.route_batch([POEM, SUM])
     assert poem.model == "big"  # small fails poems
     assert arith.estimates["small"].p_correct > 0.8 > 0.2 > poem.estimates["small"].p_correct
@@ -194,6 +195,7 @@ def test_write_behind_queues_records_and_writes_them_in_the_background(
 
 def test_async_matches_sync(store: AnchorStore, cards: list[ModelCard]) -> None:
     eng = ScopeEngine(store=store, models=cards, value_per_correct=1.0)
+    assert eng.wait_ready(timeout=30)
     sync = eng.route_batch([POEM, SUM], options={"reserve": False})
     got = asyncio.run(eng.aroute_batch([POEM, SUM], options={"reserve": False}))
     assert [d.model for d in got] == [d.model for d in sync]
@@ -230,6 +232,7 @@ class FlakyStore:
 def test_store_down_degrades_and_queues_outcomes(store: AnchorStore, cards: list[ModelCard]) -> None:
     flaky = FlakyStore(store)
     eng = ScopeEngine(store=flaky, models=cards, value_per_correct=1.0)  # type: ignore[arg-type]
+    assert eng.wait_ready(timeout=30)
     assert not eng.route(POEM).degraded
     flaky.down = True
     d = eng.route(POEM)
@@ -355,6 +358,7 @@ def test_reading_fewer_neighbour_records_leaves_estimates_unchanged(
     name: str, store: AnchorStore, cards: list[ModelCard], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = ScopeEngine(store=store, models=cards, **build_routing(name, k=3)._asdict(), k=3)
+    assert engine.wait_ready(timeout=30)
     queries = ["what is 2 plus 9 in arithmetic", "a sonnet about the moon", "an unrelated question"]
     partial, _ = engine.contexts(queries)
     monkeypatch.setattr(engine, "_fill", lambda: None)
