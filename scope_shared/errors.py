@@ -10,7 +10,7 @@ Every error derives from :class:`ScopeError`; leaves also subclass the builtin a
     ├── EmptyStoreError (LookupError)         the anchor store holds no anchors
     ├── BudgetExceededError (RuntimeError)    no candidate fits the remaining budget or per-call cap
     ├── StoreUnavailableError (ConnectionError)   the Chroma backend cannot be reached
-    ├── EstimatorUnavailableError (ConnectionError)  an estimator backend (vLLM) cannot be reached
+    ├── EstimatorUnavailableError (ConnectionError)  an estimator backend (vLLM) cannot be reached, or not ready
     ├── EmbedderError (RuntimeError)          the embedding model could not be loaded or run
     └── ReplayMissError (LookupError)         a replay model was asked a query it has no record of
 """
