@@ -69,7 +69,8 @@ class StoreUnavailableError(ScopeError, ConnectionError):
 
 
 class EstimatorUnavailableError(ScopeError, ConnectionError):
-    """An estimator backend (a vLLM server) cannot be reached or keeps failing."""
+    """An estimator backend (a vLLM server) cannot be reached or keeps failing, or the estimator is not ready yet
+    (the learned estimator's first fit runs in the background)."""
 
 
 class EmbedderError(ScopeError, RuntimeError):
