@@ -166,6 +166,8 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
         f"cost=${rt['best_single']['cost']:.6f}; router acc at its cost={fmt(rt['router_acc_at_best_single_cost'])}; "
         f"cost to match it={fmt(rt['router_cost_to_match_best_single'])}x; max acc={fmt(rt['router_max_accuracy'])}; "
         f"aiq={fmt(rt['aiq'])}",
+        f"lift over mixing single models: router aiq {fmt(rt['aiq'])} - singles' hull aiq {fmt(rt['hull_aiq'])} = "
+        f"{'n/a' if rt['lift_over_singles'] is None else format(rt['lift_over_singles'], '+.3f')}",
         *_holdout_lines(report),
     ]
 

@@ -353,7 +353,8 @@ def _escalated_share(estimates: Mapping[str, Mapping[str, Estimate]]) -> float |
 
 
 def plot_report(report: Mapping[str, Any], path: str | Path, *, title: str = "") -> Path:
-    """Plot the router's accuracy/cost curve, each single model and the oracle; returns the path."""
+    """Plot the router's accuracy/cost curve, each single model, their convex hull (what mixing them reaches)
+    and the oracle; returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -367,6 +368,15 @@ def plot_report(report: Mapping[str, Any], path: str | Path, *, title: str = "")
         ax.scatter(s["cost"], s["accuracy"], marker="s", s=25)
         label = name.split("/")[-1]
         ax.annotate(label, (s["cost"], s["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    hull = routing.get("singles_hull") or []
+    if len(hull) > 1:
+        ax.plot(
+            [v["cost"] for v in hull],
+            [v["accuracy"] for v in hull],
+            "--",
+            c="grey",
+            label=f"mixing single models (lift over it {routing['lift_over_singles']:+.3f} AIQ)",
+        )
     oracle = routing["oracle"]
     ax.scatter(oracle["cost"], oracle["accuracy"], marker="*", s=150, c="gold", edgecolors="k", label="oracle")
     ax.set_xscale("log")

@@ -64,7 +64,11 @@ def test_evaluate_writes_json_and_plot(files: dict[str, Path], tmp_path: Path, c
     report = json.loads(out.read_text())
     assert report["routing"]["best_single"]["model"] == "big"
     assert plot.stat().st_size > 10_000
-    assert "auroc_within_model" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "auroc_within_model" in printed
+    lift = report["routing"]["lift_over_singles"]
+    assert lift == report["routing"]["aiq"] - report["routing"]["hull_aiq"]
+    assert f"= {lift:+.3f}" in printed and "singles' hull aiq" in printed
 
 
 def test_ef_search_is_stored_with_the_index(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
