@@ -22,7 +22,8 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 
-from scope_langchain._common import META_MODEL, META_QUESTION, META_RESERVATION, last_question
+from scope_langchain._messages import last_question
+from scope_langchain._metadata import META_MODEL, META_QUESTION, META_RESERVATION
 from scope_shared import ConfigError, Outcome, ScopeEngine
 
 __all__ = ["Grader", "ScopeOutcomeHandler"]

@@ -20,7 +20,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict
 
-from scope_langchain._common import last_question, message_text
+from scope_langchain._messages import last_question, message_text
 from scope_shared import ConfigError, Outcome, ScopeError
 
 __all__ = ["ReplayChatModel", "ReplayMissError"]

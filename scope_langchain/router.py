@@ -13,7 +13,10 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, R
 from langchain_core.runnables.config import ensure_config, get_executor_for_config
 from langchain_core.runnables.utils import gather_with_concurrency
 
-from scope_langchain._common import Dispatcher, RouterFields, acapture, capture, ready
+from scope_langchain._call import acall, call
+from scope_langchain._dispatch import Dispatcher, acapture, capture, ready
+from scope_langchain._settings import RouterFields
+from scope_langchain._stream import astream, stream
 from scope_shared import Decision
 
 __all__ = ["ScopeRoute", "ScopeRouter"]
@@ -129,7 +132,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
     ) -> BaseMessage:
         d = self._dispatcher()
         p = d.prepare(value, config.get("configurable"))
-        return d.call(p, d.decide(p), config, kwargs)
+        return call(d, p, d.decide(p), config, kwargs)
 
     async def ainvoke(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
@@ -145,7 +148,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
     ) -> BaseMessage:
         d = self._dispatcher()
         p = d.prepare(value, config.get("configurable"))
-        return await d.acall(p, await d.adecide(p), config, kwargs)
+        return await acall(d, p, await d.adecide(p), config, kwargs)
 
     # -- batch -----------------------------------------------------------------------------------
 
@@ -176,7 +179,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
 
         def one(i: int) -> Exception | BaseMessage:
             item = todo[i]
-            return item if isinstance(item, Exception) else capture(d.call, *item, config[i], kwargs)
+            return item if isinstance(item, Exception) else capture(call, d, *item, config[i], kwargs)
 
         with get_executor_for_config(config[0]) as executor:
             return list(executor.map(one, range(len(inputs))))
@@ -209,7 +212,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
 
         async def one(i: int) -> Exception | BaseMessage:
             item = todo[i]
-            return item if isinstance(item, Exception) else await acapture(d.acall, *item, config[i], kwargs)
+            return item if isinstance(item, Exception) else await acapture(acall, d, *item, config[i], kwargs)
 
         limit = config[0].get("max_concurrency")
         return await gather_with_concurrency(limit, *(one(i) for i in range(len(inputs))))
@@ -232,7 +235,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         value = _last(inputs)
         d = self._dispatcher()
         p = d.prepare(value, config.get("configurable"))
-        yield from d.stream(p, d.decide(p), config, kwargs)
+        yield from stream(d, p, d.decide(p), config, kwargs)
 
     async def astream(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
@@ -257,7 +260,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
             pass
         d = self._dispatcher()
         p = d.prepare(value, config.get("configurable"))
-        async for chunk in d.astream(p, await d.adecide(p), config, kwargs):
+        async for chunk in astream(d, p, await d.adecide(p), config, kwargs):
             yield chunk
 
 
