@@ -130,7 +130,7 @@ def test_grader_that_cannot_tell_or_fails_leaves_the_outcome_pending(caplog: pyt
             response = llm.complete(Q_CODE)
         with ScopeEventHandler(engine=engine, grader=lambda q, a, m: 7.0) as wild:
             llm.complete(Q_CODE)
-    assert response.text.startswith("[big replay")
+    assert response.text.startswith("[big] replayed")
     assert failing.pending == 1 and wild.pending == 1
     assert "grader failed" in caplog.text and "outside [0, 1]" in caplog.text
 
