@@ -11,7 +11,7 @@ way LlamaIndex's OpenAI integration reports it (``prompt_tokens`` / ``completion
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from llama_index.core.base.llms.types import (
@@ -23,9 +23,8 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from scope_llamaindex.events import Grader
 from scope_shared import Outcome, ReplayMissError
-from scope_shared.replay import Replay
+from scope_shared.replay import Replay, replay_grader
 
 __all__ = ["ReplayLLM", "ReplayMissError", "replay_grader"]
 
@@ -118,16 +117,3 @@ class ReplayLLM(CustomLLM):
 
         return gen()
 
-
-def replay_grader(outcomes: Iterable[Outcome]) -> Grader:
-    """A grader for :class:`~scope_llamaindex.ScopeEventHandler` that returns the recorded grade.
-
-    ``grader(query, answer, model)`` is the recorded correctness of ``model`` on ``query``; None (wait for
-    feedback) when there is no record.
-    """
-    table: Mapping[tuple[str, str], float] = {(o.query, o.model): o.correct for o in outcomes}
-
-    def grade(query: str, answer: str, model: str) -> float | None:
-        return table.get((query, model))
-
-    return grade

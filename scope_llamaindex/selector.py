@@ -18,7 +18,7 @@ from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.core.schema import QueryBundle
 from llama_index.core.tools.types import ToolMetadata
 
-from scope_llamaindex.events import Ticket, close_ticket, open_tickets
+from scope_llamaindex._tickets import Ticket, open_tickets
 from scope_shared import ConfigError, Decision, RouteOptions, ScopeEngine, UnknownModelError
 
 __all__ = ["ScopeSelection", "ScopeSelector", "explain"]
@@ -238,6 +238,6 @@ class ScopeSelector(BaseSelector):
         released = 0
         for sel in selections:
             ticket = getattr(sel, "_ticket", None)
-            if isinstance(ticket, Ticket) and ticket.calls == 0 and close_ticket(ticket):
+            if isinstance(ticket, Ticket) and ticket.calls == 0 and ticket.close():
                 released += ticket.decision.reservation_id is not None
         return released

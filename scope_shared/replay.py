@@ -3,8 +3,9 @@
 A :class:`Replay` plays one model from its recorded outcomes: it finds the recorded question a prompt is
 about, answers with a text that says how the recorded answer was graded, and reports the recorded token
 counts (estimated from the prompt's length when none were recorded). A router over replays spends exactly
-what the recorded models spent, so an accuracy/cost replay needs no API key and no network. LangChain's
-``ReplayChatModel`` and LlamaIndex's ``ReplayLLM`` wrap a :class:`Replay` in their framework's model class.
+what the recorded models spent, so an accuracy/cost replay needs no API key and no network.
+:func:`replay_grader` grades a replayed answer with its recorded grade. LangChain's ``ReplayChatModel`` and
+LlamaIndex's ``ReplayLLM`` wrap a :class:`Replay` in their framework's model class.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from scope_shared.errors import ConfigError, ReplayMissError
+from scope_shared.feedback import Grader
 from scope_shared.types import Outcome, estimate_tokens
 
-__all__ = ["Replay", "answer_text"]
+__all__ = ["Replay", "answer_text", "replay_grader"]
 
 
 def answer_text(outcome: Outcome) -> str:
@@ -81,3 +83,16 @@ class Replay:
         inp = outcome.input_tokens if outcome.input_tokens is not None else int(estimate_tokens(prompt))
         return inp, outcome.output_tokens or 0
 
+
+def replay_grader(outcomes: Iterable[Outcome]) -> Grader:
+    """A :data:`~scope_shared.feedback.Grader` that grades a replayed answer with its recorded grade.
+
+    ``grader(question, answer)`` is the recorded correctness of the outcome whose replay answered
+    ``answer`` to ``question`` (:func:`answer_text`); None (wait for feedback) for any other answer.
+    """
+    table: Mapping[tuple[str, str], float] = {(o.query, answer_text(o)): o.correct for o in outcomes}
+
+    def grade(question: str, answer: str) -> float | None:
+        return table.get((question, answer.strip()))
+
+    return grade

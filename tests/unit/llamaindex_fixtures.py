@@ -13,8 +13,7 @@ import pytest
 from llama_index.core import Settings
 from llama_index.core.embeddings import MockEmbedding
 
-from scope_llamaindex import ReplayLLM
-from scope_llamaindex import events as li_events
+from scope_llamaindex import ReplayLLM, _tickets
 from scope_shared import AnchorStore, Budget, HashingEmbedder, ModelCard, Outcome, ScopeEngine
 
 CARDS = [
@@ -91,10 +90,10 @@ def li_settings() -> Iterator[None]:
     prev_embed = Settings._embed_model
     Settings.llm = replay_llms()["small"]
     Settings.embed_model = MockEmbedding(embed_dim=8)
-    token = li_events._ACTIVE.set(())
+    token = _tickets._ACTIVE.set(())
     try:
         yield
     finally:
-        li_events._ACTIVE.reset(token)
+        _tickets._ACTIVE.reset(token)
         Settings._llm = prev_llm
         Settings._embed_model = prev_embed

@@ -23,6 +23,7 @@ from scope_llamaindex import (
     replay_grader,
 )
 from scope_shared import ConfigError, ScopeEngine, UnknownModelError
+from scope_shared.replay import answer_text
 from scope_shared.store import anchor_id
 from tests.unit.llamaindex_fixtures import (
     HELD_OUT,
@@ -108,7 +109,7 @@ def test_feedback_records_later_and_only_once() -> None:
         assert handler.feedback(response, correct=1.0) == 0
         assert handler.feedback("no-such-call", correct=1.0) == 0
     assert _stored(engine, Q_CAPITAL, "small") == (0.0, recorded(Q_CAPITAL, "small").output_tokens)
-    with pytest.raises(ConfigError, match=r"correct must be in \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"correct must be a number in \[0, 1\]"):
         handler.feedback(response, correct=1.5)
     with pytest.raises(ConfigError, match="no scope call id"):
         handler.feedback(object(), correct=1.0)
@@ -119,19 +120,20 @@ def test_grader_that_cannot_tell_or_fails_leaves_the_outcome_pending(caplog: pyt
     engine = make_engine()
     llm = ScopeLLM(engine=engine, llms=replay_llms())
 
-    def broken(query: str, answer: str, model: str) -> float | None:
+    def broken(question: str, answer: str) -> float | None:
         raise ValueError("grader bug")
 
-    with ScopeEventHandler(engine=engine, grader=lambda q, a, m: None) as handler:
+    with ScopeEventHandler(engine=engine, grader=lambda q, a: None) as handler:
         llm.complete(Q_CODE)
     assert handler.pending == 1 and handler.recorded == 0
-    with caplog.at_level(logging.WARNING, logger="scope_llamaindex.events"):
+    with caplog.at_level(logging.WARNING, logger="scope_shared.feedback"):
         with ScopeEventHandler(engine=engine, grader=broken) as failing:
             response = llm.complete(Q_CODE)
-        with ScopeEventHandler(engine=engine, grader=lambda q, a, m: 7.0) as wild:
+        with ScopeEventHandler(engine=engine, grader=lambda q, a: 7.0) as wild:
             llm.complete(Q_CODE)
     assert response.text.startswith("[big] replayed")
     assert failing.pending == 1 and wild.pending == 1
+    assert failing.failures == 1 and wild.failures == 1 and handler.failures == 0  # None: cannot tell, no failure
     assert "grader failed" in caplog.text and "outside [0, 1]" in caplog.text
 
 
@@ -159,7 +161,7 @@ def test_a_repeated_event_records_once() -> None:
         call_id="c1",
         query=Q_CODE,
         model="big",
-        answer="a",
+        answer=answer_text(recorded(Q_CODE, "big")),
         input_tokens=3,
         output_tokens=4,
         usage_reported=True,
@@ -184,16 +186,22 @@ def test_handler_never_raises_into_the_query(caplog: pytest.LogCaptureFixture, m
         call_id="c2",
         query=Q_CODE,
         model="big",
-        answer="a",
+        answer=answer_text(recorded(Q_CODE, "big")),
         input_tokens=3,
         output_tokens=4,
         usage_reported=True,
         cost=0.0,
         decision=engine.route(Q_CODE, options={"reserve": False}),
     )
-    with caplog.at_level(logging.WARNING, logger="scope_llamaindex.events"):
+    with caplog.at_level(logging.WARNING, logger="scope_shared.feedback"):
         handler.handle(event)
-    assert "the query is unaffected" in caplog.text and "store exploded" in caplog.text
+    assert "could not record the outcome of call c2" in caplog.text and "store exploded" in caplog.text
+    assert handler.failures == 1 and handler.recorded == 0
+    # a failure of the handler itself is logged too, and the query goes on
+    monkeypatch.setattr(handler._book, "finish", boom)
+    with caplog.at_level(logging.WARNING, logger="scope_llamaindex.events"):
+        handler.handle(event.model_copy(update={"id_": "another-delivery", "call_id": "c3"}))
+    assert "the query is unaffected" in caplog.text
 
 
 def test_constructor_validates() -> None:
@@ -320,7 +328,7 @@ def test_multi_selection_feedback_per_model() -> None:
 def test_pending_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
     engine = make_engine()
     llm = ScopeLLM(engine=engine, llms=replay_llms())
-    with caplog.at_level(logging.WARNING, logger="scope_llamaindex.events"):
+    with caplog.at_level(logging.WARNING, logger="scope_shared.feedback"):
         with ScopeEventHandler(engine=engine, max_pending=2) as handler:
             first = llm.complete(Q_CODE)
             llm.complete(Q_CAPITAL)

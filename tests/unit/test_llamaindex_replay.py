@@ -58,8 +58,11 @@ def test_missing_token_counts_are_not_invented() -> None:
     assert usage_of(llm.complete("q1")) == (None, None)
 
 
-def test_replay_grader() -> None:
+def test_replay_grader_grades_a_replayed_answer_with_its_record() -> None:
     grade = replay_grader(HELD_OUT)
-    assert grade(Q_CODE, "anything", "small") == 0.0
-    assert grade(Q_CODE, "anything", "big") == 1.0
-    assert grade("never asked", "anything", "big") is None
+    small = ReplayLLM(model="small", outcomes=HELD_OUT).complete(Q_CODE).text
+    big = ReplayLLM(model="big", outcomes=HELD_OUT).complete(Q_CODE).text
+    assert grade(Q_CODE, small) == 0.0
+    assert grade(Q_CODE, big) == 1.0
+    assert grade(Q_CAPITAL, small) is None  # small answered the capital question correctly, not this
+    assert grade(Q_CODE, "an answer no replay gave") is None
