@@ -8,18 +8,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.base.llms.types import LLMMetadata
 from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
-from llama_index.core.query_engine import RouterQueryEngine
-from llama_index.core.tools import QueryEngineTool, ToolMetadata
 
 from scope_llamaindex import (
     ReplayLLM,
     ScopeCallEvent,
     ScopeEventHandler,
     ScopeLLM,
-    ScopeSelector,
     replay_grader,
 )
 from scope_shared import ConfigError, ScopeEngine, UnknownModelError
@@ -33,6 +29,7 @@ from tests.unit.llamaindex_fixtures import (
     make_engine,
     recorded,
     replay_llms,
+    router_query_engine,
 )
 
 GRADER = replay_grader(HELD_OUT)
@@ -61,19 +58,6 @@ def _stored(engine: ScopeEngine, query: str, model: str) -> tuple[float, float |
         return None
     out = rec.outcomes[model]
     return out.correct, out.output_tokens
-
-
-def _router(engine: ScopeEngine, llms: dict[str, ReplayLLM] | None = None, **kw: Any) -> RouterQueryEngine:
-    llms = llms or replay_llms()
-    index = VectorStoreIndex.from_documents([Document(text="Python lists sort in place.")])
-    tools = [
-        QueryEngineTool(
-            query_engine=index.as_query_engine(llm=llm),
-            metadata=ToolMetadata(name=name, description=name),
-        )
-        for name, llm in llms.items()
-    ]
-    return RouterQueryEngine(selector=ScopeSelector(engine=engine, **kw), query_engine_tools=tools)
 
 
 @pytest.mark.usefixtures("clean_root")
@@ -261,7 +245,7 @@ def test_selector_outcome_counts_a_nested_chat_call_once() -> None:
     engine = make_engine(budget=1.0)
     llms = {name: _ChatReplay(model=name, outcomes=HELD_OUT) for name in ("small", "mid", "big")}
     with ScopeEventHandler(engine=engine, grader=GRADER) as handler:
-        response = _router(engine, llms).query(Q_CODE)
+        response = router_query_engine(engine, llms).query(Q_CODE)
     sel = response.metadata["selector_result"].selections[0]
     out = recorded(Q_CODE, "big")
     assert sel.model == "big" and sel.calls == 1
@@ -274,7 +258,7 @@ def test_selector_outcome_counts_a_nested_chat_call_once() -> None:
 async def test_selector_outcome_async() -> None:
     engine = make_engine(budget=1.0)
     with ScopeEventHandler(engine=engine, grader=GRADER) as handler:
-        response = await _router(engine).aquery(Q_CAPITAL)
+        response = await router_query_engine(engine).aquery(Q_CAPITAL)
     sel = response.metadata["selector_result"].selections[0]
     assert sel.model == "small" and sel.output_tokens == recorded(Q_CAPITAL, "small").output_tokens
     assert handler.recorded == 1
@@ -285,7 +269,7 @@ async def test_selector_outcome_async() -> None:
 def test_selector_feedback_by_router_response() -> None:
     engine = make_engine()
     with ScopeEventHandler(engine=engine) as handler:
-        response = _router(engine).query(Q_CODE)
+        response = router_query_engine(engine).query(Q_CODE)
         assert handler.pending == 1
         assert handler.feedback(response, correct=1.0) == 1
     assert _stored(engine, Q_CODE, "big") == (1.0, recorded(Q_CODE, "big").output_tokens)
@@ -299,7 +283,7 @@ def test_aliases_attribute_llms_that_report_another_name(caplog: pytest.LogCaptu
     engine = make_engine(budget=1.0)
     with caplog.at_level(logging.WARNING, logger="scope_llamaindex.events"):
         with ScopeEventHandler(engine=engine, grader=GRADER):
-            unmatched = _router(engine, llms).query(Q_CODE)
+            unmatched = router_query_engine(engine, llms).query(Q_CODE)
     sel = unmatched.metadata["selector_result"].selections[0]
     assert sel.calls == 0 and "no LLM call of 'big' was seen" in caplog.text
     # Not attributed: the reservation is released rather than settled.
@@ -307,7 +291,7 @@ def test_aliases_attribute_llms_that_report_another_name(caplog: pytest.LogCaptu
 
     aliases = {f"{n}-2024": n for n in ("small", "mid", "big")}
     with ScopeEventHandler(engine=engine, grader=GRADER, aliases=aliases):
-        matched = _router(engine, llms).query(Q_CODE)
+        matched = router_query_engine(engine, llms).query(Q_CODE)
     sel = matched.metadata["selector_result"].selections[0]
     assert sel.calls == 1 and sel.cost > 0 and engine.ledger.spent == pytest.approx(sel.cost)
 
@@ -316,7 +300,7 @@ def test_aliases_attribute_llms_that_report_another_name(caplog: pytest.LogCaptu
 def test_multi_selection_feedback_per_model() -> None:
     engine = make_engine()
     with ScopeEventHandler(engine=engine) as handler:
-        response = _router(engine, max_outputs=2).query(Q_CODE)
+        response = router_query_engine(engine, max_outputs=2).query(Q_CODE)
         models = [s.model for s in response.metadata["selector_result"].selections]
         assert handler.pending == 2
         assert handler.feedback(response, correct=1.0, model=models[1]) == 1
