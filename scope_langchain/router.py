@@ -58,8 +58,10 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         engine: the :class:`~scope_shared.ScopeEngine` that decides.
         models: ``{card name: chat model}``; every name must be a model card of the engine (the engine may
             know more models; only these are candidates).
-        value_per_correct: default trade-off (defaults to the engine's).
-        max_cost_per_call: default per-call cap in USD (defaults to the engine's).
+        value_per_correct: default trade-off (left out: ``engine.options.value_per_correct``, read at
+            construction; the engine's options are fixed when the engine is built).
+        max_cost_per_call: default per-call cap in USD (left out: ``engine.options.max_cost_per_call``, read
+            at construction).
         force_model: always use this model (still estimated, reserved and reported).
         question: ``messages -> str``, the text to route on (default :func:`last_question`).
         token_counter: ``messages -> int``, the prompt's input tokens for cost estimates (default: the

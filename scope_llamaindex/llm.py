@@ -88,7 +88,8 @@ class ScopeLLM(LLM):
         llms: model name (an engine model) -> the LlamaIndex LLM that serves it. Only these are candidates.
         options: :class:`~scope_shared.RouteOptions` (or a mapping of its fields) laid over the engine's, e.g.
             ``{"value_per_correct": 0.01}``; the same fields may also be given as keywords
-            (``value_per_correct=0.01``). Unset fields keep the engine's settings.
+            (``value_per_correct=0.01``). They are laid over ``engine.options`` once, at construction (the
+            engine's options are fixed when the engine is built); unset fields keep the engine's settings.
         query_from: picks the text to route on from chat messages (default: the last user message).
             ``complete`` routes on the prompt.
         count_tokens: counts prompt tokens for the cost estimate and when a provider reports no usage

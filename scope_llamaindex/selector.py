@@ -98,7 +98,8 @@ class ScopeSelector(BaseSelector):
         engine: the routing engine; every choice's ``ToolMetadata.name`` must be one of its models.
         options: :class:`~scope_shared.RouteOptions` (or a mapping of its fields) laid over the engine's, e.g.
             ``{"value_per_correct": 0.01}``; the same fields may also be given as keywords
-            (``value_per_correct=0.01``). Unset fields keep the engine's settings.
+            (``value_per_correct=0.01``). They are laid over ``engine.options`` once, at construction (the
+            engine's options are fixed when the engine is built); unset fields keep the engine's settings.
         max_outputs: 1 for a single selection; more for top-n by utility among the candidates within the
             cost limits (each extra one must also fit the budget), like ``PydanticMultiSelector``.
         reserve: with a budget, hold each selected model's expected cost until a registered
