@@ -95,14 +95,7 @@ class Dispatcher:
             ),
             question=owner.question,
             token_counter=owner.token_counter,
-            recovery=Recovery(
-                engine=owner.engine,
-                retries=owner.retries,
-                retry_wait=owner.retry_wait,
-                max_fallbacks=owner.max_fallbacks,
-                fallback_on=owner.fallback_on,
-                retry_if=owner.retry_if,
-            ),
+            recovery=Recovery.of(owner.engine, owner),
         )
 
     # -- preparing and deciding ------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from langchain_core.messages import (
     AIMessage,
@@ -18,6 +18,8 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.prompt_values import PromptValue
 
 from scope_shared import ConfigError
+
+M = TypeVar("M", bound=BaseMessage)
 
 
 def message_text(message: BaseMessage) -> str:
@@ -70,21 +72,22 @@ def last_question(messages: Sequence[BaseMessage]) -> str:
 
 def as_message(out: Any, model: str) -> BaseMessage:
     """A routed model's output as a message (a str becomes an ``AIMessage``)."""
-    if isinstance(out, BaseMessage):
-        return out
     if isinstance(out, str):
         return AIMessage(content=out)
-    msg = f"model {model!r} returned a {type(out).__name__}; a routed model must return a message or a str"
-    raise TypeError(msg)
+    return _checked(out, BaseMessage, model, "returned", "return a message or a str")
 
 
 def as_chunk(out: Any, model: str) -> BaseMessageChunk:
-    """A routed model's streamed output as a message chunk."""
-    if isinstance(out, BaseMessageChunk):
-        return out
+    """A routed model's streamed output as a message chunk (a str becomes an ``AIMessageChunk``)."""
     if isinstance(out, str):
         return AIMessageChunk(content=out)
-    msg = f"model {model!r} streamed a {type(out).__name__}; a routed model must stream message chunks"
+    return _checked(out, BaseMessageChunk, model, "streamed", "stream message chunks")
+
+
+def _checked(out: Any, kind: type[M], model: str, did: str, must: str) -> M:
+    if isinstance(out, kind):
+        return out
+    msg = f"model {model!r} {did} a {type(out).__name__}; a routed model must {must}"
     raise TypeError(msg)
 
 

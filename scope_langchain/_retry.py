@@ -4,16 +4,25 @@ the decision's ranking through ``engine.redecide``."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
-from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from scope_shared import BudgetExceededError, ConfigError, Decision, RouteOptions, ScopeEngine
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 _TRANSIENT_NAMES = (
@@ -74,6 +83,12 @@ class Recovery:
     fallback_on: tuple[type[BaseException], ...]
     retry_if: Callable[[BaseException], bool]
 
+    @classmethod
+    def of(cls, engine: ScopeEngine, settings: Any) -> Recovery:
+        """From ``settings`` (a ScopeRouter or ScopeChatModel: their fields share these names)."""
+        names = ("retries", "retry_wait", "max_fallbacks", "fallback_on", "retry_if")
+        return cls(engine=engine, **{name: getattr(settings, name) for name in names})
+
     def retry_options(self) -> dict[str, Any]:
         """Keyword arguments of tenacity's ``Retrying`` / ``AsyncRetrying``."""
         return {
@@ -83,6 +98,31 @@ class Recovery:
             "reraise": True,
             "before_sleep": _log_retry,
         }
+
+    def run(
+        self, settings: RouteOptions, decision: Decision, failures: list[Failure], call: Callable[[Decision], T]
+    ) -> tuple[Decision, T]:
+        """``call(decision)``, retried, then on the fallback decisions until one succeeds; returns the decision
+        that succeeded and its result (``failures`` lists the models that failed), or raises the first error."""
+        while True:
+            try:
+                return decision, Retrying(**self.retry_options())(call, decision)
+            except BaseException as exc:
+                decision = self.after_failure(settings, decision, exc, failures)
+
+    async def arun(
+        self,
+        settings: RouteOptions,
+        decision: Decision,
+        failures: list[Failure],
+        call: Callable[[Decision], Awaitable[T]],
+    ) -> tuple[Decision, T]:
+        """Async form of :meth:`run`."""
+        while True:
+            try:
+                return decision, await AsyncRetrying(**self.retry_options())(call, decision)
+            except BaseException as exc:
+                decision = self.after_failure(settings, decision, exc, failures)
 
     def after_failure(
         self, settings: RouteOptions, decision: Decision, exc: BaseException, failures: list[Failure]

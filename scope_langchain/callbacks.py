@@ -22,7 +22,7 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 from scope_langchain._messages import last_question
 from scope_langchain._metadata import META_MODEL, META_QUESTION, META_RESERVATION
 from scope_shared import ConfigError, ScopeEngine
-from scope_shared.feedback import FeedbackBook, FinishedCall, Grader, reported_tokens
+from scope_shared.feedback import FeedbackBook, FeedbackCounts, FinishedCall, Grader, reported_tokens
 
 __all__ = ["Grader", "ScopeOutcomeHandler"]
 
@@ -39,7 +39,7 @@ class _Run:
     parent: uuid.UUID | None
 
 
-class ScopeOutcomeHandler(BaseCallbackHandler):
+class ScopeOutcomeHandler(FeedbackCounts, BaseCallbackHandler):
     """Records the outcome of every routed chat-model call through ``engine.record``.
 
     Attach it like any callback handler: ``chain.invoke(x, config={"callbacks": [handler]})`` or
@@ -73,26 +73,9 @@ class ScopeOutcomeHandler(BaseCallbackHandler):
         self._lock = threading.Lock()
         self._parents: OrderedDict[uuid.UUID, uuid.UUID | None] = OrderedDict()
         self._runs: OrderedDict[uuid.UUID, _Run] = OrderedDict()
-        self._failures = 0
 
     def __repr__(self) -> str:
         return f"ScopeOutcomeHandler(recorded={self.recorded}, pending={self.pending}, failures={self.failures})"
-
-    @property
-    def pending(self) -> int:
-        """Calls that ended and wait for :meth:`record_feedback`."""
-        return self._book.pending
-
-    @property
-    def recorded(self) -> int:
-        """Outcomes this handler has recorded."""
-        return self._book.recorded
-
-    @property
-    def failures(self) -> int:
-        """Runs it could not track, graders that failed or gave no valid grade, and failed store writes."""
-        with self._lock:
-            return self._failures + self._book.failures
 
     # -- bookkeeping ------------------------------------------------------------------------------
 
@@ -102,10 +85,6 @@ class ScopeOutcomeHandler(BaseCallbackHandler):
             table.move_to_end(key)
             while len(table) > limit:
                 table.popitem(last=False)
-
-    def _fail(self) -> None:
-        with self._lock:
-            self._failures += 1
 
     def _model_of(self, metadata: dict[str, Any]) -> str | None:
         name = metadata.get(META_MODEL)
@@ -150,7 +129,7 @@ class ScopeOutcomeHandler(BaseCallbackHandler):
             run = _Run(model, question, reservation if isinstance(reservation, str) else None, parent_run_id)
             self._put(self._runs, run_id, run, self.max_pending)
         except Exception:
-            self._fail()
+            self._book.note_failure()
             logger.warning("could not track chat model run %s", run_id, exc_info=True)
 
     def on_llm_error(self, error: BaseException, *, run_id: uuid.UUID, **kwargs: Any) -> None:
@@ -164,7 +143,7 @@ class ScopeOutcomeHandler(BaseCallbackHandler):
             if run is not None:
                 self._on_end(run_id, run, response)
         except Exception:
-            self._fail()
+            self._book.note_failure()
             logger.warning("could not record the outcome of run %s", run_id, exc_info=True)
 
     def _on_end(self, run_id: uuid.UUID, run: _Run, response: LLMResult) -> None:

@@ -42,7 +42,7 @@ from llama_index.core.instrumentation.events.query import QueryEndEvent
 from scope_llamaindex._responses import measure, prompt_of
 from scope_llamaindex._tickets import Ticket, active_tickets, call_ids_of, find_ticket
 from scope_shared import ConfigError, Decision, ScopeEngine, UnknownModelError
-from scope_shared.feedback import FeedbackBook, FinishedCall, Grader
+from scope_shared.feedback import FeedbackBook, FeedbackCounts, FinishedCall, Grader
 
 __all__ = ["Grader", "ScopeCallEvent", "ScopeEventHandler"]
 
@@ -72,7 +72,7 @@ class ScopeCallEvent(BaseEvent):
         return "ScopeCallEvent"
 
 
-class ScopeEventHandler(BaseEventHandler):
+class ScopeEventHandler(FeedbackCounts, BaseEventHandler):
     """Records real outcomes of routed calls through ``engine.record``.
 
     Register it on LlamaIndex's root dispatcher (``handler.register()``, or ``with handler:``); both are
@@ -154,23 +154,6 @@ class ScopeEventHandler(BaseEventHandler):
     ) -> None:
         self.unregister()
 
-    # -- state ---------------------------------------------------------------------------------
-
-    @property
-    def pending(self) -> int:
-        """Outcomes waiting for :meth:`feedback`."""
-        return self._book.pending
-
-    @property
-    def recorded(self) -> int:
-        """Outcomes this handler has recorded."""
-        return self._book.recorded
-
-    @property
-    def failures(self) -> int:
-        """Graders that failed or gave no valid grade, and store writes that failed."""
-        return self._book.failures
-
     # -- events --------------------------------------------------------------------------------
 
     def handle(self, event: BaseEvent, **kwargs: Any) -> None:
@@ -186,6 +169,7 @@ class ScopeEventHandler(BaseEventHandler):
             elif isinstance(event, QueryEndEvent):
                 self._on_query_end(event)
         except Exception:
+            self._book.note_failure()
             logger.warning(
                 "ScopeEventHandler failed on %s; the query is unaffected", type(event).__name__, exc_info=True
             )

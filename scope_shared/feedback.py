@@ -26,7 +26,7 @@ from scope_shared.engine import ScopeEngine
 from scope_shared.errors import ConfigError
 from scope_shared.types import Outcome
 
-__all__ = ["FeedbackBook", "FinishedCall", "Grader", "check_grade", "reported_tokens"]
+__all__ = ["FeedbackBook", "FeedbackCounts", "FinishedCall", "Grader", "check_grade", "reported_tokens"]
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,8 @@ class FeedbackBook:
         while len(self._seen) > 4 * self.max_pending:
             self._seen.popitem(last=False)
 
-    def _fail(self) -> None:
+    def note_failure(self) -> None:
+        """Count a failure of the handler that keeps this book (it logs the failure itself)."""
         with self._lock:
             self._failures += 1
 
@@ -216,7 +217,7 @@ class FeedbackBook:
         try:
             grade = self.grader(call.question, call.answer)
         except Exception:
-            self._fail()
+            self.note_failure()
             logger.warning(
                 "grader failed on call %s (%s); it waits for feedback", call.call_id, call.model, exc_info=True
             )
@@ -226,7 +227,7 @@ class FeedbackBook:
         try:
             return check_grade(grade)
         except ConfigError:
-            self._fail()
+            self.note_failure()
             logger.warning(
                 "grader returned %r for call %s (%s), outside [0, 1]; it waits for feedback",
                 grade,
@@ -283,3 +284,25 @@ class FeedbackBook:
             else:
                 logger.info("call %s was recorded already; feedback ignored", call_id)
         return sum(self._record(call, value) for call in taken)
+
+
+class FeedbackCounts:
+    """``pending``, ``recorded`` and ``failures`` of an outcome handler that keeps a :class:`FeedbackBook` in
+    ``_book`` (both adapters' handlers)."""
+
+    _book: FeedbackBook
+
+    @property
+    def pending(self) -> int:
+        """Calls that finished and wait for feedback."""
+        return self._book.pending
+
+    @property
+    def recorded(self) -> int:
+        """Outcomes recorded."""
+        return self._book.recorded
+
+    @property
+    def failures(self) -> int:
+        """Events the handler could not take, graders that failed or gave no valid grade, failed store writes."""
+        return self._book.failures
