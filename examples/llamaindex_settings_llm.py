@@ -47,8 +47,10 @@ def main() -> None:
 
     graded: list[float] = []
 
-    def grader(query: str, answer: str, model: str) -> float | None:
-        grade = replay_grader(test)(query, answer, model)
+    recorded = replay_grader(test)
+
+    def grader(question: str, answer: str) -> float | None:
+        grade = recorded(question, answer)
         if grade is not None:
             graded.append(grade)
         return grade

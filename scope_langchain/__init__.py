@@ -8,7 +8,8 @@
 Needs the ``[langchain]`` extra (``langchain-core``).
 """
 
-from scope_langchain._common import is_transient, last_question
+from scope_langchain._messages import last_question
+from scope_langchain._retry import is_transient
 from scope_langchain.callbacks import Grader, ScopeOutcomeHandler
 from scope_langchain.chat_model import ScopeChatModel
 from scope_langchain.replay import ReplayChatModel, ReplayMissError

@@ -20,7 +20,10 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import ensure_config
 from langchain_core.tools import BaseTool
 
-from scope_langchain._common import CONFIG_KEYS, Dispatcher, Prepared, RouterFields
+from scope_langchain._call import acall, call
+from scope_langchain._dispatch import Dispatcher, Prepared
+from scope_langchain._settings import CONFIG_KEYS, RouterFields
+from scope_langchain._stream import astream, stream
 from scope_shared import ConfigError
 
 __all__ = ["ScopeChatModel"]
@@ -137,7 +140,7 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs)
-        message = d.call(p, d.decide(p), config, call_kwargs)
+        message = call(d, p, d.decide(p), config, call_kwargs)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     async def _agenerate(
@@ -148,7 +151,7 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs)
-        message = await d.acall(p, await d.adecide(p), config, call_kwargs)
+        message = await acall(d, p, await d.adecide(p), config, call_kwargs)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _stream(
@@ -159,7 +162,7 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs)
-        for chunk in d.stream(p, d.decide(p), config, call_kwargs):
+        for chunk in stream(d, p, d.decide(p), config, call_kwargs):
             yield ChatGenerationChunk(message=chunk)
 
     async def _astream(
@@ -170,7 +173,7 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs)
-        async for chunk in d.astream(p, await d.adecide(p), config, call_kwargs):
+        async for chunk in astream(d, p, await d.adecide(p), config, call_kwargs):
             yield ChatGenerationChunk(message=chunk)
 
     # -- tools -----------------------------------------------------------------------------------

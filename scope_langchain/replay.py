@@ -1,9 +1,10 @@
 """``ReplayChatModel``: a chat model that answers with a model's recorded outcome, for offline evaluation.
 
 It looks up the question (the last human message, as the router reads it) among one model's recorded
-outcomes and answers with that outcome's token counts in ``usage_metadata`` and its grade in
-``response_metadata["replay"]``. A router over replay models spends exactly what the recorded models
-spent, so an accuracy/cost replay needs no API key and no network; swap in real chat models to go live.
+outcomes (:class:`scope_shared.replay.Replay`) and answers with that outcome's token counts in
+``usage_metadata`` and its grade in ``response_metadata["replay"]``. A router over replay models spends
+exactly what the recorded models spent, so an accuracy/cost replay needs no API key and no network; swap in
+real chat models to go live.
 """
 
 from __future__ import annotations
@@ -18,19 +19,13 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict
+from pydantic import ConfigDict, PrivateAttr
 
-from scope_langchain._common import last_question, message_text
-from scope_shared import ConfigError, Outcome, ScopeError
+from scope_langchain._messages import last_question, message_text
+from scope_shared import ConfigError, Outcome, ReplayMissError
+from scope_shared.replay import Replay
 
 __all__ = ["ReplayChatModel", "ReplayMissError"]
-
-#: Input tokens per character assumed when an outcome has no recorded input tokens.
-TOKENS_PER_CHAR = 0.25
-
-
-class ReplayMissError(ScopeError, LookupError):
-    """A replay model was asked a question it has no recorded outcome for."""
 
 
 class ReplayChatModel(BaseChatModel):
@@ -51,21 +46,16 @@ class ReplayChatModel(BaseChatModel):
     outcomes: dict[str, Outcome]
     latency: float = 0.0
     chunk_words: int = 4
+    _replay: Replay = PrivateAttr()
 
     def __init__(self, *, model: str, outcomes: Iterable[Outcome] | Mapping[str, Outcome], **kwargs: Any) -> None:
-        if not isinstance(model, str) or not model:
-            msg = f"model must be a non-empty model name, got {model!r}"
-            raise ConfigError(msg)
-        items = outcomes.values() if isinstance(outcomes, Mapping) else outcomes
-        table = {o.query: o for o in items if isinstance(o, Outcome) and o.model == model}
-        if not table:
-            msg = f"no recorded outcome of {model!r}; pass that model's Outcomes (e.g. from load_outcomes)"
-            raise ConfigError(msg)
+        replay = Replay(model=model, outcomes=outcomes)
         latency = kwargs.get("latency", 0.0)
         if not isinstance(latency, int | float) or latency < 0:
             msg = f"latency must be >= 0 seconds, got {latency!r}"
             raise ConfigError(msg)
-        super().__init__(model=model, outcomes=table, **kwargs)  # type: ignore[call-arg]
+        super().__init__(model=model, outcomes=dict(replay.outcomes), **kwargs)  # type: ignore[call-arg]
+        self._replay = replay
 
     @classmethod
     def from_outcomes(
@@ -91,29 +81,14 @@ class ReplayChatModel(BaseChatModel):
 
     def recorded(self, messages: Sequence[BaseMessage]) -> Outcome:
         """The recorded outcome for these messages' question; :class:`ReplayMissError` if none."""
-        question = last_question(messages)
-        try:
-            return self.outcomes[question]
-        except KeyError:
-            head = question[:60].replace("\n", " ")
-            msg = (
-                f"{self.model} has no recorded outcome for the question {head!r}...; "
-                "a replay model answers only questions it has recorded, with the exact same text"
-            )
-            raise ReplayMissError(msg) from None
+        return self._replay.lookup(last_question(messages))
 
     def _usage(self, messages: Sequence[BaseMessage], rec: Outcome) -> UsageMetadata:
-        if rec.input_tokens is not None:
-            in_tok = rec.input_tokens
-        else:
-            in_tok = max(1, round(sum(len(message_text(m)) for m in messages) * TOKENS_PER_CHAR))
-        out_tok = rec.output_tokens or 0
+        in_tok, out_tok = self._replay.usage(rec, "".join(message_text(m) for m in messages))
         return {"input_tokens": in_tok, "output_tokens": out_tok, "total_tokens": in_tok + out_tok}
 
     def _answer(self, rec: Outcome) -> str:
-        what = rec.query_id or "this question"
-        verdict = "correct" if rec.correct >= 0.5 else "incorrect"
-        return f"[{self.model}] replayed answer to {what}: recorded as {verdict} ({rec.correct:g})."
+        return self._replay.answer(rec)
 
     def _metadata(self, rec: Outcome) -> dict[str, Any]:
         return {

@@ -13,7 +13,10 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, R
 from langchain_core.runnables.config import ensure_config, get_executor_for_config
 from langchain_core.runnables.utils import gather_with_concurrency
 
-from scope_langchain._common import Dispatcher, RouterFields, acapture, capture, ready
+from scope_langchain._call import acall, call
+from scope_langchain._dispatch import Dispatcher, acapture, capture, ready
+from scope_langchain._settings import RouterFields
+from scope_langchain._stream import astream, stream
 from scope_shared import Decision
 
 __all__ = ["ScopeRoute", "ScopeRouter"]
@@ -55,8 +58,10 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         engine: the :class:`~scope_shared.ScopeEngine` that decides.
         models: ``{card name: chat model}``; every name must be a model card of the engine (the engine may
             know more models; only these are candidates).
-        value_per_correct: default trade-off (defaults to the engine's).
-        max_cost_per_call: default per-call cap in USD (defaults to the engine's).
+        value_per_correct: default trade-off (left out: ``engine.options.value_per_correct``, read at
+            construction; the engine's options are fixed when the engine is built).
+        max_cost_per_call: default per-call cap in USD (left out: ``engine.options.max_cost_per_call``, read
+            at construction).
         force_model: always use this model (still estimated, reserved and reported).
         question: ``messages -> str``, the text to route on (default :func:`last_question`).
         token_counter: ``messages -> int``, the prompt's input tokens for cost estimates (default: the
@@ -129,7 +134,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
     ) -> BaseMessage:
         d = self._dispatcher()
         p = d.prepare(value, config.get("configurable"))
-        return d.call(p, d.decide(p), config, kwargs)
+        return call(d, p, d.decide(p), config, kwargs)
 
     async def ainvoke(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
@@ -145,7 +150,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
     ) -> BaseMessage:
         d = self._dispatcher()
         p = d.prepare(value, config.get("configurable"))
-        return await d.acall(p, await d.adecide(p), config, kwargs)
+        return await acall(d, p, await d.adecide(p), config, kwargs)
 
     # -- batch -----------------------------------------------------------------------------------
 
@@ -176,7 +181,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
 
         def one(i: int) -> Exception | BaseMessage:
             item = todo[i]
-            return item if isinstance(item, Exception) else capture(d.call, *item, config[i], kwargs)
+            return item if isinstance(item, Exception) else capture(call, d, *item, config[i], kwargs)
 
         with get_executor_for_config(config[0]) as executor:
             return list(executor.map(one, range(len(inputs))))
@@ -209,7 +214,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
 
         async def one(i: int) -> Exception | BaseMessage:
             item = todo[i]
-            return item if isinstance(item, Exception) else await acapture(d.acall, *item, config[i], kwargs)
+            return item if isinstance(item, Exception) else await acapture(acall, d, *item, config[i], kwargs)
 
         limit = config[0].get("max_concurrency")
         return await gather_with_concurrency(limit, *(one(i) for i in range(len(inputs))))
@@ -232,7 +237,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         value = _last(inputs)
         d = self._dispatcher()
         p = d.prepare(value, config.get("configurable"))
-        yield from d.stream(p, d.decide(p), config, kwargs)
+        yield from stream(d, p, d.decide(p), config, kwargs)
 
     async def astream(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
@@ -257,7 +262,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
             pass
         d = self._dispatcher()
         p = d.prepare(value, config.get("configurable"))
-        async for chunk in d.astream(p, await d.adecide(p), config, kwargs):
+        async for chunk in astream(d, p, await d.adecide(p), config, kwargs):
             yield chunk
 
 

@@ -8,10 +8,14 @@ A thin translation layer over :class:`scope_shared.ScopeEngine`; it never talks 
 - :class:`ReplayLLM` - a ``CustomLLM`` that answers from recorded outcomes, for offline runs.
 """
 
-from scope_llamaindex.events import Grader, ScopeCallEvent, ScopeEventHandler, usage_of
+from scope_llamaindex._responses import usage_of
+from scope_llamaindex.events import ScopeCallEvent, ScopeEventHandler
 from scope_llamaindex.llm import ScopeLLM
-from scope_llamaindex.replay import ReplayLLM, ReplayMissError, replay_grader
+from scope_llamaindex.replay import ReplayLLM
 from scope_llamaindex.selector import ScopeSelection, ScopeSelector, explain
+from scope_shared.errors import ReplayMissError
+from scope_shared.feedback import Grader
+from scope_shared.replay import replay_grader
 
 __all__ = [
     "Grader",

@@ -32,7 +32,8 @@ from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.llm import LLM
 
-from scope_llamaindex.events import ScopeCallEvent, text_of, usage_of
+from scope_llamaindex._responses import measure, prompt_of
+from scope_llamaindex.events import ScopeCallEvent
 from scope_shared import ConfigError, Decision, RouteOptions, ScopeEngine, UnknownModelError
 
 __all__ = ["ScopeLLM"]
@@ -79,10 +80,6 @@ def last_user_message(messages: Sequence[ChatMessage]) -> str:
     return "\n".join(str(m.content or "") for m in messages)
 
 
-def _prompt_of(messages: Sequence[ChatMessage]) -> str:
-    return "\n".join(str(m.content or "") for m in messages)
-
-
 class ScopeLLM(LLM):
     """Routes each call to one of several LLMs by SCOPE's expected utility.
 
@@ -91,7 +88,8 @@ class ScopeLLM(LLM):
         llms: model name (an engine model) -> the LlamaIndex LLM that serves it. Only these are candidates.
         options: :class:`~scope_shared.RouteOptions` (or a mapping of its fields) laid over the engine's, e.g.
             ``{"value_per_correct": 0.01}``; the same fields may also be given as keywords
-            (``value_per_correct=0.01``). Unset fields keep the engine's settings.
+            (``value_per_correct=0.01``). They are laid over ``engine.options`` once, at construction (the
+            engine's options are fixed when the engine is built); unset fields keep the engine's settings.
         query_from: picks the text to route on from chat messages (default: the last user message).
             ``complete`` routes on the prompt.
         count_tokens: counts prompt tokens for the cost estimate and when a provider reports no usage
@@ -185,22 +183,19 @@ class ScopeLLM(LLM):
 
     def _finish(self, call: _Call, response: R, *, completed: bool = True) -> R:
         """Settle the reservation with the real usage, stamp the response and announce the call."""
-        inp, out = usage_of(response)
-        reported = inp is not None and out is not None
-        answer = text_of(response)
-        if not reported and call.model not in self._warned:
+        used = measure(response, call.prompt, self._tokens)
+        if not used.reported and call.model not in self._warned:
             self._warned.add(call.model)
             logger.warning(
                 "%s reported no token usage; its cost is settled from token counts estimated from the text "
                 "(usage_reported=False in the response)",
                 call.model,
             )
-        inp = inp if inp is not None else self._tokens(call.prompt)
-        out = out if out is not None else self._tokens(answer)
+        inp, out = used.input_tokens, used.output_tokens
         cost = self.engine.cost_of(call.model, input_tokens=inp, output_tokens=out)
         self.engine.settle(call.decision, cost=cost)
         info = self._stamp(call)
-        info.update(input_tokens=inp, output_tokens=out, usage_reported=reported, cost=cost)
+        info.update(input_tokens=inp, output_tokens=out, usage_reported=used.reported, cost=cost)
         response.additional_kwargs["scope"] = info
         if completed:
             dispatcher.event(
@@ -208,10 +203,10 @@ class ScopeLLM(LLM):
                     call_id=call.call_id,
                     query=call.query,
                     model=call.model,
-                    answer=answer,
+                    answer=used.answer,
                     input_tokens=inp,
                     output_tokens=out,
-                    usage_reported=reported,
+                    usage_reported=used.reported,
                     cost=cost,
                     decision=call.decision,
                 )
@@ -270,7 +265,7 @@ class ScopeLLM(LLM):
 
     def _chat_query(self, messages: Sequence[ChatMessage]) -> tuple[str, str]:
         """The text routed on and the whole prompt."""
-        return (self._query_from or last_user_message)(messages), _prompt_of(messages)
+        return (self._query_from or last_user_message)(messages), prompt_of(messages)
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:

@@ -1,16 +1,17 @@
 """A LlamaIndex LLM that answers from recorded outcomes, for offline examples, tests and replay evaluation.
 
-:class:`ReplayLLM` plays one model. For each prompt it finds the recorded question the prompt is about (the
-prompt itself, or the longest recorded question quoted inside it, as in a RAG template) and answers with
-that outcome: its text says whether the recorded answer was graded correct, and its token usage is the
-recorded one, reported the way LlamaIndex's OpenAI integration reports it (``prompt_tokens`` /
-``completion_tokens`` in ``additional_kwargs``), so routers and handlers read real token counts.
+:class:`ReplayLLM` plays one model (:class:`scope_shared.replay.Replay`). For each prompt it finds the
+recorded question the prompt is about (the prompt itself, or the longest recorded question quoted inside it,
+as in a RAG template) and answers with that outcome: its text says whether the recorded answer was graded
+correct, and its token usage is the recorded one (none is invented where none was recorded), reported the
+way LlamaIndex's OpenAI integration reports it (``prompt_tokens`` / ``completion_tokens`` in
+``additional_kwargs``), so routers and handlers read real token counts.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from llama_index.core.base.llms.types import (
@@ -22,14 +23,10 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from scope_llamaindex.events import Grader
-from scope_shared import ConfigError, Outcome, ScopeError
+from scope_shared import Outcome, ReplayMissError
+from scope_shared.replay import Replay, replay_grader
 
 __all__ = ["ReplayLLM", "ReplayMissError", "replay_grader"]
-
-
-class ReplayMissError(ScopeError, LookupError):
-    """A :class:`ReplayLLM` has no recorded outcome for the prompt it was given."""
 
 
 class ReplayLLM(CustomLLM):
@@ -43,18 +40,12 @@ class ReplayLLM(CustomLLM):
 
     model: str = Field(description="The model this LLM replays.")
     context_window: int = Field(default=32768, gt=0)
-    _by_query: dict[str, Outcome] = PrivateAttr(default_factory=dict)
+    _replay: Replay = PrivateAttr()
 
     def __init__(self, *, model: str, outcomes: Iterable[Outcome], context_window: int = 32768) -> None:
-        if not model:
-            msg = "model is empty; pass the model name this LLM replays"
-            raise ConfigError(msg)
+        replay = Replay(model=model, outcomes=outcomes)
         super().__init__(model=model, context_window=context_window)
-        rows = {o.query: o for o in outcomes if o.model == model}
-        if not rows:
-            msg = f"no outcome of model {model!r} among the outcomes given; pass that model's rows"
-            raise ConfigError(msg)
-        self._by_query = rows
+        self._replay = replay
 
     @classmethod
     def class_name(cls) -> str:
@@ -76,29 +67,14 @@ class ReplayLLM(CustomLLM):
     @property
     def queries(self) -> list[str]:
         """The recorded questions this LLM can answer."""
-        return list(self._by_query)
+        return self._replay.queries
 
     def lookup(self, prompt: str) -> Outcome:
         """The recorded outcome a prompt is about: an exact question, else the longest one quoted in it."""
-        hit = self._by_query.get(prompt)
-        if hit is None:
-            stripped = prompt.strip()
-            hit = self._by_query.get(stripped)
-        if hit is None:
-            inside = [q for q in self._by_query if q.strip() and q.strip() in prompt]
-            if inside:
-                hit = self._by_query[max(inside, key=len)]
-        if hit is None:
-            msg = (
-                f"{self.model} has no recorded outcome for this prompt ({prompt[:80]!r}...); "
-                "replay only questions from the outcomes it was built with"
-            )
-            raise ReplayMissError(msg)
-        return hit
+        return self._replay.lookup(prompt)
 
     def _response(self, outcome: Outcome) -> tuple[str, dict[str, Any], dict[str, Any]]:
-        verdict = "correct" if outcome.correct >= 0.5 else "incorrect"
-        text = f"[{self.model} replay of {outcome.query_id or 'query'}: recorded answer graded {verdict}]"
+        text = self._replay.answer(outcome)
         usage: dict[str, Any] = {}
         if outcome.input_tokens is not None:
             usage["prompt_tokens"] = outcome.input_tokens
@@ -141,16 +117,3 @@ class ReplayLLM(CustomLLM):
 
         return gen()
 
-
-def replay_grader(outcomes: Iterable[Outcome]) -> Grader:
-    """A grader for :class:`~scope_llamaindex.ScopeEventHandler` that returns the recorded grade.
-
-    ``grader(query, answer, model)`` is the recorded correctness of ``model`` on ``query``; None (wait for
-    feedback) when there is no record.
-    """
-    table: Mapping[tuple[str, str], float] = {(o.query, o.model): o.correct for o in outcomes}
-
-    def grade(query: str, answer: str, model: str) -> float | None:
-        return table.get((query, model))
-
-    return grade

@@ -18,7 +18,7 @@ from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.core.schema import QueryBundle
 from llama_index.core.tools.types import ToolMetadata
 
-from scope_llamaindex.events import Ticket, close_ticket, open_tickets
+from scope_llamaindex._tickets import Ticket, open_tickets
 from scope_shared import ConfigError, Decision, RouteOptions, ScopeEngine, UnknownModelError
 
 __all__ = ["ScopeSelection", "ScopeSelector", "explain"]
@@ -98,7 +98,8 @@ class ScopeSelector(BaseSelector):
         engine: the routing engine; every choice's ``ToolMetadata.name`` must be one of its models.
         options: :class:`~scope_shared.RouteOptions` (or a mapping of its fields) laid over the engine's, e.g.
             ``{"value_per_correct": 0.01}``; the same fields may also be given as keywords
-            (``value_per_correct=0.01``). Unset fields keep the engine's settings.
+            (``value_per_correct=0.01``). They are laid over ``engine.options`` once, at construction (the
+            engine's options are fixed when the engine is built); unset fields keep the engine's settings.
         max_outputs: 1 for a single selection; more for top-n by utility among the candidates within the
             cost limits (each extra one must also fit the budget), like ``PydanticMultiSelector``.
         reserve: with a budget, hold each selected model's expected cost until a registered
@@ -238,6 +239,6 @@ class ScopeSelector(BaseSelector):
         released = 0
         for sel in selections:
             ticket = getattr(sel, "_ticket", None)
-            if isinstance(ticket, Ticket) and ticket.calls == 0 and close_ticket(ticket):
+            if isinstance(ticket, Ticket) and ticket.calls == 0 and ticket.close():
                 released += ticket.decision.reservation_id is not None
         return released

@@ -8,13 +8,15 @@ router should pick ``small`` for capitals and ``big`` for code.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from llama_index.core import Settings
+from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.query_engine import RouterQueryEngine
+from llama_index.core.tools import QueryEngineTool, ToolMetadata
 
-from scope_llamaindex import ReplayLLM
-from scope_llamaindex import events as li_events
+from scope_llamaindex import ReplayLLM, ScopeSelector, _tickets
 from scope_shared import AnchorStore, Budget, HashingEmbedder, ModelCard, Outcome, ScopeEngine
 
 CARDS = [
@@ -38,14 +40,10 @@ def outcomes(indices: range) -> list[Outcome]:
     for i in indices:
         for model, (cap, code, tokens) in RECORD.items():
             rows.append(
-                Outcome(
-                    query=CAPITAL.format(i=i), model=model, correct=cap, output_tokens=tokens, input_tokens=12
-                )
+                Outcome(query=CAPITAL.format(i=i), model=model, correct=cap, output_tokens=tokens, input_tokens=12)
             )
             rows.append(
-                Outcome(
-                    query=CODE.format(i=i), model=model, correct=code, output_tokens=tokens, input_tokens=14
-                )
+                Outcome(query=CODE.format(i=i), model=model, correct=code, output_tokens=tokens, input_tokens=14)
             )
     return rows
 
@@ -61,9 +59,7 @@ def make_store() -> AnchorStore:
     return store
 
 
-def make_engine(
-    *, budget: float | None = None, value_per_correct: float | None = 0.01, **kw: object
-) -> ScopeEngine:
+def make_engine(*, budget: float | None = None, value_per_correct: float | None = 0.01, **kw: object) -> ScopeEngine:
     engine = ScopeEngine(
         store=make_store(),
         models=CARDS,
@@ -77,6 +73,19 @@ def make_engine(
 
 def replay_llms() -> dict[str, ReplayLLM]:
     return ReplayLLM.from_outcomes(HELD_OUT)
+
+
+def router_query_engine(
+    engine: ScopeEngine, llms: dict[str, ReplayLLM] | None = None, **selector_kwargs: Any
+) -> RouterQueryEngine:
+    """A RouterQueryEngine over one small index, one tool per replay LLM, selected by a ScopeSelector."""
+    llms = llms or replay_llms()
+    index = VectorStoreIndex.from_documents([Document(text="Python lists sort in place.")])
+    tools = [
+        QueryEngineTool(query_engine=index.as_query_engine(llm=llm), metadata=ToolMetadata(name=name, description=name))
+        for name, llm in llms.items()
+    ]
+    return RouterQueryEngine(selector=ScopeSelector(engine=engine, **selector_kwargs), query_engine_tools=tools)
 
 
 def recorded(query: str, model: str) -> Outcome:
@@ -93,10 +102,10 @@ def li_settings() -> Iterator[None]:
     prev_embed = Settings._embed_model
     Settings.llm = replay_llms()["small"]
     Settings.embed_model = MockEmbedding(embed_dim=8)
-    token = li_events._ACTIVE.set(())
+    token = _tickets._ACTIVE.set(())
     try:
         yield
     finally:
-        li_events._ACTIVE.reset(token)
+        _tickets._ACTIVE.reset(token)
         Settings._llm = prev_llm
         Settings._embed_model = prev_embed

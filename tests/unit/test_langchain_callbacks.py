@@ -114,7 +114,7 @@ def test_a_failing_store_never_breaks_the_chain(caplog: pytest.LogCaptureFixture
         raise RuntimeError("disk full")
 
     engine.record = broken  # type: ignore[method-assign]
-    with caplog.at_level(logging.WARNING, logger="scope_langchain"):
+    with caplog.at_level(logging.WARNING, logger="scope_shared.feedback"):
         out = router.invoke(MATH_Q, {"callbacks": [handler]})
     assert out.content == "mid answers"
     assert handler.failures == 1 and handler.recorded == 0
@@ -126,7 +126,7 @@ def test_a_failing_grader_leaves_the_call_waiting_for_feedback(caplog: pytest.Lo
         raise ValueError("grader crashed")
 
     engine, router, handler = _setup(grader=grader)
-    with caplog.at_level(logging.WARNING, logger="scope_langchain"):
+    with caplog.at_level(logging.WARNING, logger="scope_shared.feedback"):
         out = router.invoke(MATH_Q, {"callbacks": [handler]})
     assert "grader failed" in caplog.text and handler.pending == 1
     assert handler.record_feedback(out, 1.0) == 1 and _recorded(engine, MATH_Q)["mid"].correct == 1.0
@@ -203,7 +203,7 @@ def test_scope_chat_model_is_recorded_once() -> None:
 
 def test_max_pending_drops_the_oldest(caplog: pytest.LogCaptureFixture) -> None:
     _, router, handler = _setup(max_pending=2)
-    with caplog.at_level(logging.WARNING, logger="scope_langchain"):
+    with caplog.at_level(logging.WARNING, logger="scope_shared.feedback"):
         first = router.invoke(NEW_QUESTIONS[0], {"callbacks": [handler]})
         router.invoke(NEW_QUESTIONS[1], {"callbacks": [handler]})
         router.invoke(NEW_QUESTIONS[2], {"callbacks": [handler]})
@@ -216,3 +216,13 @@ def test_handler_validates() -> None:
         ScopeOutcomeHandler(engine="engine")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="max_pending"):
         ScopeOutcomeHandler(engine=make_engine(), max_pending=0)
+
+
+def test_a_grader_that_cannot_tell_leaves_the_call_waiting_and_bools_are_grades() -> None:
+    engine, router, handler = _setup(grader=lambda q, a: None)
+    out = router.invoke(MATH_Q, {"callbacks": [handler]})
+    assert handler.pending == 1 and handler.failures == 0 and _recorded(engine, MATH_Q) == {}
+    assert handler.record_feedback(out, True) == 1 and _recorded(engine, MATH_Q)["mid"].correct == 1.0
+    engine, router, handler = _setup(grader=lambda q, a: a != "cheap answers")
+    router.invoke(TRIVIA_Q, {"callbacks": [handler]})
+    assert _recorded(engine, TRIVIA_Q)["cheap"].correct == 0.0 and handler.recorded == 1

@@ -69,3 +69,9 @@ async def test_async_forms() -> None:
     assert out.response_metadata["replay"]["correct"] == 1.0
     text = "".join([str(c.content) async for c in a.astream(Q1)])
     assert text == out.content
+
+
+def test_a_prompt_that_quotes_the_recorded_question_is_recognised() -> None:
+    a = ReplayChatModel(model="a", outcomes=ROWS)
+    out = a.invoke(f"Answer with the letter only.\n\n{Q1}")
+    assert out.response_metadata["replay"]["query_id"] == "arc.1"

@@ -367,3 +367,13 @@ def test_no_candidate_fits_raises_before_any_call() -> None:
     with pytest.raises(BudgetExceededError, match="no candidate fits"):
         router.invoke(MATH_Q)
     assert all(calls(m) == 0 for m in models.values())
+
+
+def test_defaults_are_the_engines_options_read_at_construction() -> None:
+    engine = make_engine(value_per_correct=V_MIXED, max_cost_per_call=1.0)
+    router = ScopeRouter(engine=engine, models=fakes())
+    assert (router.value_per_correct, router.max_cost_per_call) == (V_MIXED, 1.0)
+    assert (engine.options.value_per_correct, engine.options.max_cost_per_call) == (V_MIXED, 1.0)
+    assert router.route(MATH_Q).model == "mid"
+    # a router's own argument wins over the engine's option, here accuracy only
+    assert ScopeRouter(engine=engine, models=fakes(), value_per_correct=None).route(MATH_Q).model == "strong"

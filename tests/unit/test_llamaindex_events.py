@@ -8,21 +8,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.base.llms.types import LLMMetadata
 from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
-from llama_index.core.query_engine import RouterQueryEngine
-from llama_index.core.tools import QueryEngineTool, ToolMetadata
 
 from scope_llamaindex import (
     ReplayLLM,
     ScopeCallEvent,
     ScopeEventHandler,
     ScopeLLM,
-    ScopeSelector,
     replay_grader,
 )
 from scope_shared import ConfigError, ScopeEngine, UnknownModelError
+from scope_shared.replay import answer_text
 from scope_shared.store import anchor_id
 from tests.unit.llamaindex_fixtures import (
     HELD_OUT,
@@ -32,6 +29,7 @@ from tests.unit.llamaindex_fixtures import (
     make_engine,
     recorded,
     replay_llms,
+    router_query_engine,
 )
 
 GRADER = replay_grader(HELD_OUT)
@@ -60,19 +58,6 @@ def _stored(engine: ScopeEngine, query: str, model: str) -> tuple[float, float |
         return None
     out = rec.outcomes[model]
     return out.correct, out.output_tokens
-
-
-def _router(engine: ScopeEngine, llms: dict[str, ReplayLLM] | None = None, **kw: Any) -> RouterQueryEngine:
-    llms = llms or replay_llms()
-    index = VectorStoreIndex.from_documents([Document(text="Python lists sort in place.")])
-    tools = [
-        QueryEngineTool(
-            query_engine=index.as_query_engine(llm=llm),
-            metadata=ToolMetadata(name=name, description=name),
-        )
-        for name, llm in llms.items()
-    ]
-    return RouterQueryEngine(selector=ScopeSelector(engine=engine, **kw), query_engine_tools=tools)
 
 
 @pytest.mark.usefixtures("clean_root")
@@ -108,7 +93,7 @@ def test_feedback_records_later_and_only_once() -> None:
         assert handler.feedback(response, correct=1.0) == 0
         assert handler.feedback("no-such-call", correct=1.0) == 0
     assert _stored(engine, Q_CAPITAL, "small") == (0.0, recorded(Q_CAPITAL, "small").output_tokens)
-    with pytest.raises(ConfigError, match=r"correct must be in \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"correct must be a number in \[0, 1\]"):
         handler.feedback(response, correct=1.5)
     with pytest.raises(ConfigError, match="no scope call id"):
         handler.feedback(object(), correct=1.0)
@@ -119,19 +104,20 @@ def test_grader_that_cannot_tell_or_fails_leaves_the_outcome_pending(caplog: pyt
     engine = make_engine()
     llm = ScopeLLM(engine=engine, llms=replay_llms())
 
-    def broken(query: str, answer: str, model: str) -> float | None:
+    def broken(question: str, answer: str) -> float | None:
         raise ValueError("grader bug")
 
-    with ScopeEventHandler(engine=engine, grader=lambda q, a, m: None) as handler:
+    with ScopeEventHandler(engine=engine, grader=lambda q, a: None) as handler:
         llm.complete(Q_CODE)
     assert handler.pending == 1 and handler.recorded == 0
-    with caplog.at_level(logging.WARNING, logger="scope_llamaindex.events"):
+    with caplog.at_level(logging.WARNING, logger="scope_shared.feedback"):
         with ScopeEventHandler(engine=engine, grader=broken) as failing:
             response = llm.complete(Q_CODE)
-        with ScopeEventHandler(engine=engine, grader=lambda q, a, m: 7.0) as wild:
+        with ScopeEventHandler(engine=engine, grader=lambda q, a: 7.0) as wild:
             llm.complete(Q_CODE)
-    assert response.text.startswith("[big replay")
+    assert response.text.startswith("[big] replayed")
     assert failing.pending == 1 and wild.pending == 1
+    assert failing.failures == 1 and wild.failures == 1 and handler.failures == 0  # None: cannot tell, no failure
     assert "grader failed" in caplog.text and "outside [0, 1]" in caplog.text
 
 
@@ -159,7 +145,7 @@ def test_a_repeated_event_records_once() -> None:
         call_id="c1",
         query=Q_CODE,
         model="big",
-        answer="a",
+        answer=answer_text(recorded(Q_CODE, "big")),
         input_tokens=3,
         output_tokens=4,
         usage_reported=True,
@@ -184,16 +170,22 @@ def test_handler_never_raises_into_the_query(caplog: pytest.LogCaptureFixture, m
         call_id="c2",
         query=Q_CODE,
         model="big",
-        answer="a",
+        answer=answer_text(recorded(Q_CODE, "big")),
         input_tokens=3,
         output_tokens=4,
         usage_reported=True,
         cost=0.0,
         decision=engine.route(Q_CODE, options={"reserve": False}),
     )
-    with caplog.at_level(logging.WARNING, logger="scope_llamaindex.events"):
+    with caplog.at_level(logging.WARNING, logger="scope_shared.feedback"):
         handler.handle(event)
-    assert "the query is unaffected" in caplog.text and "store exploded" in caplog.text
+    assert "could not record the outcome of call c2" in caplog.text and "store exploded" in caplog.text
+    assert handler.failures == 1 and handler.recorded == 0
+    # a failure of the handler itself is logged too, and the query goes on
+    monkeypatch.setattr(handler._book, "finish", boom)
+    with caplog.at_level(logging.WARNING, logger="scope_llamaindex.events"):
+        handler.handle(event.model_copy(update={"id_": "another-delivery", "call_id": "c3"}))
+    assert "the query is unaffected" in caplog.text and handler.failures == 2
 
 
 def test_constructor_validates() -> None:
@@ -253,7 +245,7 @@ def test_selector_outcome_counts_a_nested_chat_call_once() -> None:
     engine = make_engine(budget=1.0)
     llms = {name: _ChatReplay(model=name, outcomes=HELD_OUT) for name in ("small", "mid", "big")}
     with ScopeEventHandler(engine=engine, grader=GRADER) as handler:
-        response = _router(engine, llms).query(Q_CODE)
+        response = router_query_engine(engine, llms).query(Q_CODE)
     sel = response.metadata["selector_result"].selections[0]
     out = recorded(Q_CODE, "big")
     assert sel.model == "big" and sel.calls == 1
@@ -266,7 +258,7 @@ def test_selector_outcome_counts_a_nested_chat_call_once() -> None:
 async def test_selector_outcome_async() -> None:
     engine = make_engine(budget=1.0)
     with ScopeEventHandler(engine=engine, grader=GRADER) as handler:
-        response = await _router(engine).aquery(Q_CAPITAL)
+        response = await router_query_engine(engine).aquery(Q_CAPITAL)
     sel = response.metadata["selector_result"].selections[0]
     assert sel.model == "small" and sel.output_tokens == recorded(Q_CAPITAL, "small").output_tokens
     assert handler.recorded == 1
@@ -277,7 +269,7 @@ async def test_selector_outcome_async() -> None:
 def test_selector_feedback_by_router_response() -> None:
     engine = make_engine()
     with ScopeEventHandler(engine=engine) as handler:
-        response = _router(engine).query(Q_CODE)
+        response = router_query_engine(engine).query(Q_CODE)
         assert handler.pending == 1
         assert handler.feedback(response, correct=1.0) == 1
     assert _stored(engine, Q_CODE, "big") == (1.0, recorded(Q_CODE, "big").output_tokens)
@@ -291,7 +283,7 @@ def test_aliases_attribute_llms_that_report_another_name(caplog: pytest.LogCaptu
     engine = make_engine(budget=1.0)
     with caplog.at_level(logging.WARNING, logger="scope_llamaindex.events"):
         with ScopeEventHandler(engine=engine, grader=GRADER):
-            unmatched = _router(engine, llms).query(Q_CODE)
+            unmatched = router_query_engine(engine, llms).query(Q_CODE)
     sel = unmatched.metadata["selector_result"].selections[0]
     assert sel.calls == 0 and "no LLM call of 'big' was seen" in caplog.text
     # Not attributed: the reservation is released rather than settled.
@@ -299,7 +291,7 @@ def test_aliases_attribute_llms_that_report_another_name(caplog: pytest.LogCaptu
 
     aliases = {f"{n}-2024": n for n in ("small", "mid", "big")}
     with ScopeEventHandler(engine=engine, grader=GRADER, aliases=aliases):
-        matched = _router(engine, llms).query(Q_CODE)
+        matched = router_query_engine(engine, llms).query(Q_CODE)
     sel = matched.metadata["selector_result"].selections[0]
     assert sel.calls == 1 and sel.cost > 0 and engine.ledger.spent == pytest.approx(sel.cost)
 
@@ -308,7 +300,7 @@ def test_aliases_attribute_llms_that_report_another_name(caplog: pytest.LogCaptu
 def test_multi_selection_feedback_per_model() -> None:
     engine = make_engine()
     with ScopeEventHandler(engine=engine) as handler:
-        response = _router(engine, max_outputs=2).query(Q_CODE)
+        response = router_query_engine(engine, max_outputs=2).query(Q_CODE)
         models = [s.model for s in response.metadata["selector_result"].selections]
         assert handler.pending == 2
         assert handler.feedback(response, correct=1.0, model=models[1]) == 1
@@ -320,7 +312,7 @@ def test_multi_selection_feedback_per_model() -> None:
 def test_pending_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
     engine = make_engine()
     llm = ScopeLLM(engine=engine, llms=replay_llms())
-    with caplog.at_level(logging.WARNING, logger="scope_llamaindex.events"):
+    with caplog.at_level(logging.WARNING, logger="scope_shared.feedback"):
         with ScopeEventHandler(engine=engine, max_pending=2) as handler:
             first = llm.complete(Q_CODE)
             llm.complete(Q_CAPITAL)

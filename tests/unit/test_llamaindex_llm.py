@@ -49,7 +49,7 @@ def _real_cost(engine: ScopeEngine, query: str, model: str) -> float:
 def test_complete_routes_dispatches_and_stamps_the_decision() -> None:
     llm = _llm()
     hard, easy = llm.complete(Q_CODE), llm.complete(Q_CAPITAL)
-    assert hard.text.startswith("[big replay") and easy.text.startswith("[small replay")
+    assert hard.text.startswith("[big] replayed") and easy.text.startswith("[small] replayed")
     scope = hard.additional_kwargs["scope"]
     assert scope["model"] == "big"
     assert scope["decision"]["model"] == "big" and set(scope["decision"]["candidates"]) == {
@@ -70,7 +70,7 @@ def test_complete_routes_dispatches_and_stamps_the_decision() -> None:
 def test_chat_routes_on_the_last_user_message() -> None:
     response = _llm().chat(_user(Q_CODE))
     assert response.additional_kwargs["scope"]["model"] == "big"
-    assert response.message.content.startswith("[big replay")
+    assert response.message.content.startswith("[big] replayed")
 
 
 def test_query_from_and_count_tokens_are_used() -> None:
@@ -99,10 +99,10 @@ def test_stream_complete_and_stream_chat() -> None:
     llm = _llm()
     chunks = list(llm.stream_complete(Q_CODE))
     assert len(chunks) > 1 and all(c.additional_kwargs["scope"]["model"] == "big" for c in chunks)
-    assert chunks[-1].text.startswith("[big replay")
+    assert chunks[-1].text.startswith("[big] replayed")
     assert chunks[-1].additional_kwargs["scope"]["output_tokens"] == recorded(Q_CODE, "big").output_tokens
     chat_chunks = list(llm.stream_chat(_user(Q_CAPITAL)))
-    assert chat_chunks[-1].message.content.startswith("[small replay")
+    assert chat_chunks[-1].message.content.startswith("[small] replayed")
     assert chat_chunks[-1].additional_kwargs["scope"]["cost"] == pytest.approx(
         _real_cost(llm.engine, Q_CAPITAL, "small")
     )
@@ -116,10 +116,10 @@ async def test_async_forms() -> None:
     assert r.additional_kwargs["scope"]["model"] == "small"
     gen = await llm.astream_complete(Q_CODE)
     chunks = [chunk async for chunk in gen]
-    assert chunks[-1].text.startswith("[big replay") and "cost" in chunks[-1].additional_kwargs["scope"]
+    assert chunks[-1].text.startswith("[big] replayed") and "cost" in chunks[-1].additional_kwargs["scope"]
     agen = await llm.astream_chat(_user(Q_CODE))
     achunks = [chunk async for chunk in agen]
-    assert achunks[-1].message.content.startswith("[big replay")
+    assert achunks[-1].message.content.startswith("[big] replayed")
 
 
 def test_budget_is_settled_with_real_usage_in_every_form() -> None:

@@ -14,11 +14,11 @@ def test_complete_answers_with_the_recorded_outcome_and_usage() -> None:
     llm = ReplayLLM(model="big", outcomes=HELD_OUT)
     response = llm.complete(Q_CODE)
     out = recorded(Q_CODE, "big")
-    assert "graded correct" in response.text
+    assert "recorded as correct" in response.text
     assert usage_of(response) == (out.input_tokens, out.output_tokens)
     assert response.raw["correct"] == out.correct
     small = ReplayLLM(model="small", outcomes=HELD_OUT).complete(Q_CODE)
-    assert "graded incorrect" in small.text
+    assert "recorded as incorrect" in small.text
 
 
 def test_a_prompt_that_quotes_the_question_is_recognised() -> None:
@@ -47,7 +47,7 @@ def test_stream_reports_usage_on_the_last_chunk_only() -> None:
 def test_from_outcomes_and_validation() -> None:
     llms = ReplayLLM.from_outcomes(HELD_OUT)
     assert sorted(llms) == ["big", "mid", "small"] and llms["mid"].metadata.model_name == "mid"
-    with pytest.raises(ConfigError, match="no outcome of model 'gpt-9'"):
+    with pytest.raises(ConfigError, match="no recorded outcome of 'gpt-9'"):
         ReplayLLM(model="gpt-9", outcomes=HELD_OUT)
     with pytest.raises(ConfigError, match="model is empty"):
         ReplayLLM(model="", outcomes=HELD_OUT)
@@ -58,8 +58,11 @@ def test_missing_token_counts_are_not_invented() -> None:
     assert usage_of(llm.complete("q1")) == (None, None)
 
 
-def test_replay_grader() -> None:
+def test_replay_grader_grades_a_replayed_answer_with_its_record() -> None:
     grade = replay_grader(HELD_OUT)
-    assert grade(Q_CODE, "anything", "small") == 0.0
-    assert grade(Q_CODE, "anything", "big") == 1.0
-    assert grade("never asked", "anything", "big") is None
+    small = ReplayLLM(model="small", outcomes=HELD_OUT).complete(Q_CODE).text
+    big = ReplayLLM(model="big", outcomes=HELD_OUT).complete(Q_CODE).text
+    assert grade(Q_CODE, small) == 0.0
+    assert grade(Q_CODE, big) == 1.0
+    assert grade(Q_CAPITAL, small) is None  # small answered the capital question correctly, not this
+    assert grade(Q_CODE, "an answer no replay gave") is None

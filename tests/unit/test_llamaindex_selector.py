@@ -59,7 +59,7 @@ def test_router_query_engine_picks_by_utility_and_answers_with_that_model() -> N
     assert _selection(cheap).model == "small"
     assert _selection(hard).model == "big"
     # The answer really came from the selected tool's LLM.
-    assert str(cheap).startswith("[small replay") and str(hard).startswith("[big replay")
+    assert str(cheap).startswith("[small] replayed") and str(hard).startswith("[big] replayed")
     assert _selection(cheap).index == 0 and _selection(hard).index == 2
 
 
@@ -85,7 +85,7 @@ async def test_router_query_engine_async() -> None:
     router = _router(make_engine())
     response = await router.aquery(Q_CODE)
     assert _selection(response).model == "big"
-    assert str(response).startswith("[big replay")
+    assert str(response).startswith("[big] replayed")
 
 
 def test_tool_names_must_be_engine_models() -> None:
