@@ -439,7 +439,7 @@ class JudgeGrader(Grader):
     def prompt(self, response: str, reference: str, *, question: str | None = None) -> str:
         """The prompt sent to the judge."""
         shown = response if len(response) <= self._max_chars else "..." + response[-self._max_chars :]
-        block = f"Question:\n<question>\n{question[-self._max_chars:]}\n</question>\n\n" if question else ""
+        block = f"Question:\n<question>\n{question[-self._max_chars :]}\n</question>\n\n" if question else ""
         return JUDGE_PROMPT.format(question_block=block, reference=reference, response=shown)
 
     def extract(self, response: str) -> str | None:
