@@ -379,10 +379,24 @@ def test_default_suite_holds_graded_questions_with_outcomes_and_minilm_vectors(d
     assert {"MIT", "Apache-2.0"} <= {s["licence"] for s in sources.values()}
 
 
-def test_default_suite_holds_no_test_split_query(default: AnchorSuite) -> None:
-    # The suite is built from anchors.csv.gz only: its ids come from the anchors split of each source.
-    assert all(q.query_id.split("/", 1)[0] == q.source for q in default)
+def test_default_suite_mix_is_as_documented(default: AnchorSuite) -> None:
+    # scope_shared/suites/README.md and scripts/build_suite.py state this mix; a rebuild that changes it must
+    # update them.
+    assert default.tasks == {
+        "arc-challenge": 400,
+        "winogrande": 400,
+        "gsm": 400,
+        "crux": 400,
+        "gsm8k": 397,
+        "math": 260,
+        "agentverse-mgsm": 157,
+    }
+    assert len(default.outcomes()) == 53_928
     assert default.metadata["built_from"] == "anchors.csv.gz"
+    assert all(q.query_id.startswith(f"{q.source}/") for q in default)
+    crux = next(q for q in default if q.task == "crux")
+    assert '"answer"' in crux.instruction and crux.prompt.endswith(crux.instruction)
+    assert default.grade(crux.query_id, '{"reasoning": "r", "answer": ' + json.dumps(crux.reference) + "}") == 1.0
 
 
 def test_default_suite_store_needs_no_embedding(default: AnchorSuite) -> None:
