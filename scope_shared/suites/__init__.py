@@ -1,0 +1,45 @@
+"""Anchor suites: benchmark questions with gold references and graders, and reference models' recorded outcomes.
+
+``load_suite("default")`` reads the suite shipped with the package (see ``scope_shared/suites/README.md`` for
+its mix and licences); :func:`suite_from_csv` reads your own labelled questions. Graders compare a model's raw
+response with a reference: ``choice``, ``number`` and ``exact`` follow the rules the bundled benchmarks were
+graded with; :class:`CallableGrader` and :class:`JudgeGrader` bring your own function or an LLM judge.
+"""
+
+from scope_shared.suites.graders import (
+    GRADERS,
+    CallableGrader,
+    ChoiceGrader,
+    ExactGrader,
+    Grader,
+    JudgeGrader,
+    NumberGrader,
+    grader_named,
+)
+from scope_shared.suites.suite import (
+    DEFAULT_SUITE,
+    AnchorSuite,
+    ReferenceOutcome,
+    SuiteEmbedder,
+    SuiteQuestion,
+    load_suite,
+    suite_from_csv,
+)
+
+__all__ = [
+    "DEFAULT_SUITE",
+    "GRADERS",
+    "AnchorSuite",
+    "CallableGrader",
+    "ChoiceGrader",
+    "ExactGrader",
+    "Grader",
+    "JudgeGrader",
+    "NumberGrader",
+    "ReferenceOutcome",
+    "SuiteEmbedder",
+    "SuiteQuestion",
+    "grader_named",
+    "load_suite",
+    "suite_from_csv",
+]
