@@ -178,7 +178,10 @@ class ChromaConnection:
 
     def _refused(self, status: int) -> str:
         if self._token is None and not any(k.lower() in CREDENTIAL_HEADERS for k in self._headers):
-            return f"Chroma at {self.where()} requires credentials (HTTP {status}) and none were sent; pass token="
+            return (
+                f"Chroma at {self.where()} requires credentials (HTTP {status}) and none were sent; "
+                "pass token= (or a header)"
+            )
         return f"Chroma at {self.where()} refused the credentials (HTTP {status}); check the token or headers"
 
     def anchors(self) -> Any:

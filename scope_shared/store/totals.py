@@ -327,8 +327,10 @@ class RunningTotals:
         """Recount from the anchors (a full scan) and reset every writer's totals to that count."""
         with self._lock:
             totals = Totals.count(self._scan())
-            stale = [rid for rid in self._side.metadata() if rid.startswith(STATS_PREFIX) and rid != STATS_BASE]
-            self._side.put(STATS_BASE, totals.to_meta())
+            records = self._side.metadata()
+            stale = [rid for rid in records if rid.startswith(STATS_PREFIX) and rid != STATS_BASE]
+            gone = dict.fromkeys(records.get(STATS_BASE) or {}, 0.0)  # Chroma merges keys: zero the old ones
+            self._side.put(STATS_BASE, gone | totals.to_meta())
             if stale:
                 self._side.delete(stale)
             self._mine = Totals()
