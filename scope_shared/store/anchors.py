@@ -324,6 +324,9 @@ class AnchorStore:
                         lambda: col.update(ids=stored, metadatas=[without_question(records[rid]) for rid in stored]),
                         "update anchors",
                     )
+            except BaseException:
+                self._totals.interrupted()
+                raise
             finally:  # even a half-written batch: the next read of these anchors goes to the store (and its
                 # journal is settled at the next write or statistics refresh)
                 with self._cache_lock:

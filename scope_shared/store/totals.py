@@ -291,6 +291,7 @@ class RunningTotals:
         self._mine_saved = True
         self._seq = 0
         self._journal: Journal | None = None  # our journalled batch whose write did not finish
+        self._writing = False  # that batch's anchors are being written now (settle it only after)
         self._opened = False
         self._anchors_checked = False
         self._unreadable: set[str] = set()
@@ -310,7 +311,7 @@ class RunningTotals:
             if fresh and not refresh:
                 assert self._stats is not None
                 return self._stats
-            if self._journal is not None or not self._mine_saved:
+            if (self._journal is not None and not self._writing) or not self._mine_saved:
                 with contextlib.suppress(StoreUnavailableError):
                     self._settle_own()
                     if not self._mine_saved:
@@ -378,6 +379,12 @@ class RunningTotals:
             journal = Journal.of(self._seq, records, before)
             self._save(journal)
             self._journal = journal
+            self._writing = True
+
+    def interrupted(self) -> None:
+        """The journalled batch's write raised: what landed of it is counted at the next write or refresh."""
+        with self._lock:
+            self._writing = False
 
     def wrote(self, records: Mapping[str, Mapping[str, Any]], before: Mapping[str, Mapping[str, Any]]) -> None:
         """Count a batch whose anchors were just written, and clear its journal."""
@@ -385,6 +392,7 @@ class RunningTotals:
             for rid, meta in records.items():
                 self._mine.add_meta(meta, before.get(rid))
             self._journal = None
+            self._writing = False
             self._mine_saved = False
             self._stats = None
             self._save()
@@ -424,7 +432,7 @@ class RunningTotals:
     def _settle_own(self) -> None:
         """Count what landed of our journalled batch whose write did not finish."""
         journal = self._journal
-        if journal is None:
+        if journal is None or self._writing:
             return
         got = self._side.read(self._writer)
         if got is None or _pending(got[0]) != journal.seq:

@@ -217,3 +217,19 @@ def test_a_journal_open_during_a_repair_is_not_counted_twice() -> None:
     store.add([Outcome(query=POEMS[0], model="m", correct=0.0, output_tokens=3)])
     assert store.model_stats(refresh=True)["m"].n == 11
     assert_same(as_tuples(store), scanned(store))
+
+
+def test_a_refresh_while_a_batch_is_being_written_does_not_count_it_twice() -> None:
+    store = AnchorStore(embedder=HashingEmbedder())
+    spy = spy_on(store)
+    upsert = spy.inner.upsert
+
+    def upsert_then_refresh(*a: Any, **kw: Any) -> Any:
+        out = upsert(*a, **kw)
+        store.model_stats(refresh=True)  # another thread's refresh, between the anchors and the totals
+        return out
+
+    spy.inner.upsert = upsert_then_refresh
+    store.add([Outcome(query=q, model="m", correct=1.0, output_tokens=3) for q in MATH])
+    assert store.model_stats(refresh=True)["m"].n == 10
+    assert_same(as_tuples(store), scanned(store))
