@@ -83,6 +83,39 @@ def test_kill_between_anchors_and_totals_is_reported_and_healed_by_rerunning_the
     assert code == 0 and "no drift" in out and "unsettled" not in out
 
 
+def test_repair_fixes_the_drift_a_killed_writer_left(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "store"
+    killed_midway(path)
+    opts = ("--store", str(path), "--embedder", "hashing")
+    assert cli(capsys, "check", *opts)[0] == 1
+    code, out = cli(capsys, "repair", *opts)
+    assert code == 0 and "recounted 50 anchors" in out and "late: 10 outcomes" in out and "m: 50 outcomes" in out
+    code, out = cli(capsys, "check", *opts)
+    assert code == 0 and "no drift" in out and "unsettled" not in out
+
+
+def test_a_writer_killed_on_another_host_is_not_hidden_by_a_rerun_and_is_settled_once_stale(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "store"
+    killed_midway(path)
+    side = AnchorStore(path=path, embedder=HashingEmbedder())._conn.side()
+    [writer] = [rid for rid in side.get()["ids"] if rid.startswith("stats:") and rid != STATS_BASE]
+    side.upsert(ids=[writer], embeddings=[[1.0]], metadatas=[{"host": "another-host"}])  # its pid means nothing here
+
+    store = AnchorStore(path=path, embedder=HashingEmbedder())
+    store.add(SECOND)  # a rerun within JOURNAL_STALE: that writer may still be alive, so it is left alone
+    assert store.model_stats(refresh=True)["m"].n == 30
+    code, out = cli(capsys, "check", "--store", str(path), "--embedder", "hashing")
+    assert code == 1 and "on another-host" in out and "in flight, or gone elsewhere" in out  # not hidden
+
+    later = AnchorStore(path=path, embedder=HashingEmbedder())
+    later._totals._stale = 0.0  # JOURNAL_STALE has passed
+    assert later.model_stats()["m"].n == 50
+    assert_same(as_tuples(later), scanned(later))
+    assert_same(as_tuples(store), scanned(store))
+
+
 def test_opening_the_store_heals_it_without_writing(tmp_path: Path) -> None:
     path = tmp_path / "store"
     killed_midway(path)
