@@ -25,6 +25,7 @@ from scope_shared.errors import (
     NoAnchorDataError,
     ReplayMissError,
     ScopeError,
+    StoreAccessError,
     StoreUnavailableError,
     UnknownModelError,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "ScopeEngine",
     "ScopeError",
     "Settlement",
+    "StoreAccessError",
     "StoreUnavailableError",
     "UnknownModelError",
     "__version__",

@@ -1,4 +1,4 @@
-"""The ``scope-router`` command: ingest, route, evaluate, demo.
+"""The ``scope-router`` command: ingest, route, evaluate, demo, store check/repair.
 
 Errors print one line to stderr and exit with status 2; secrets are read from environment variables
 named on the command line, never from the arguments themselves.
@@ -67,6 +67,8 @@ def _store(args: argparse.Namespace, *, must_exist: bool = False) -> Any:
         port=args.chroma_port,
         ssl=args.chroma_ssl,
         token=token,
+        verify=args.chroma_ca or True,
+        timeout=args.chroma_timeout,
         collection=args.collection,
         embedder=_embedder(args.embedder),
         hnsw={"ef_search": args.ef_search} if args.ef_search is not None else None,
@@ -149,6 +151,43 @@ def cmd_route(args: argparse.Namespace) -> int:
             text = " ".join(text.split())[:90]
             _out(f"  sim={e.similarity:.3f} correct={e.correct:.0f} tokens={e.output_tokens}  {text}")
     return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    store = _store(args, must_exist=True)
+    if args.action == "repair":
+        stats = store.rebuild_stats()
+        _out(f"store {store!r}: recounted {store.count()} anchors from a full scan; running totals reset")
+        for name, st in stats.items():
+            _out(f"  {name}: {st.n} outcomes, p_correct {st.p_correct:.4f}")
+        return 0
+    check = store.check_stats()
+    counted = check.anchors_in_totals
+    _out(
+        f"store {store!r}: {check.anchors} anchors; in the running totals: "
+        + ("not counted (totals begun by an older version)" if counted is None else str(counted))
+    )
+    _out(f"{'model':40} {'outcomes':>9} {'totals':>9} {'drift':>7} {'p_correct':>10} {'totals':>10}")
+    drifted = check.drifted()
+    off = 0
+    for name in sorted({*check.scanned, *check.totals}):
+        a, b = check.scanned.get(name), check.totals.get(name)
+        n_a, n_b = (a.n if a else 0), (b.n if b else 0)
+        off += abs(n_b - n_a)
+        p_a, p_b = (f"{a.p_correct:.4f}" if a else "-"), (f"{b.p_correct:.4f}" if b else "-")
+        mark = "  <- differs" if name in drifted else ""
+        _out(f"{name[:40]:40} {n_a:9d} {n_b:9d} {n_b - n_a:+7d} {p_a:>10} {p_b:>10}{mark}")
+    for line in check.journals:
+        _out(f"unsettled batch journal: {line}")
+    if not check.drift:
+        _out("no drift: the running totals match a full scan")
+        return 0
+    anchors = "" if counted in (None, check.anchors) else f"; the totals count {counted} anchors, not {check.anchors}"
+    _out(
+        f"drift: {len(drifted)} model(s) differ, by {off} outcomes{anchors}. Recount with: scope-router store "
+        "repair (the same store options; while nothing writes)"
+    )
+    return 1
 
 
 def _summary_lines(report: dict[str, Any]) -> list[str]:
@@ -272,6 +311,10 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--chroma-port", type=int, default=8000)
         sp.add_argument("--chroma-ssl", action="store_true")
         sp.add_argument("--chroma-token-env", help="name of the env var holding the Chroma auth token")
+        sp.add_argument("--chroma-ca", help="CA bundle (PEM) that signed the Chroma server's TLS certificate")
+        sp.add_argument(
+            "--chroma-timeout", type=float, default=10.0, help="seconds a Chroma server has to answer (default 10)"
+        )
         sp.add_argument("--collection", default="scope-anchors")
         sp.add_argument(
             "--ef-search", type=int, help="HNSW candidates per search (Chroma's default 100); stored with the index"
@@ -327,6 +370,17 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--holdout-anchors", type=int, default=50, help="anchors each held-out model keeps")
     sp.add_argument("--holdout-seed", type=int, default=0, help="seed of the anchors held-out models keep")
     sp.set_defaults(fn=cmd_evaluate)
+
+    sp = sub.add_parser("store", help="compare the running totals with a full scan (check), or recount them (repair)")
+    actions = sp.add_subparsers(dest="action", required=True)
+    for action, text in (
+        ("check", "compare each model's outcomes in a full scan with the running totals; exit 1 if they differ"),
+        ("repair", "recount the running totals from a full scan (run it while nothing writes to the store)"),
+    ):
+        ap = actions.add_parser(action, help=text)
+        store_args(ap)
+        ap.add_argument("--embedder", default="minilm", choices=EMBEDDERS, help="the embedder the store was built with")
+        ap.set_defaults(fn=cmd_store)
 
     sp = sub.add_parser("demo", help="build a store from shared data, route held-out queries, compare")
     model_args(sp)

@@ -9,7 +9,8 @@ Every error derives from :class:`ScopeError`; leaves also subclass the builtin a
     ├── NoAnchorDataError (LookupError)       a model has no recorded outcome in the store
     ├── EmptyStoreError (LookupError)         the anchor store holds no anchors
     ├── BudgetExceededError (RuntimeError)    no candidate fits the remaining budget or per-call cap
-    ├── StoreUnavailableError (ConnectionError)   the Chroma backend cannot be reached
+    ├── StoreUnavailableError (ConnectionError)   the Chroma backend cannot be reached (or does not answer)
+    │   └── StoreAccessError                      reached, but TLS verification failed or credentials were refused
     ├── EstimatorUnavailableError (ConnectionError)  an estimator backend (vLLM) cannot be reached, or not ready
     ├── EmbedderError (RuntimeError)          the embedding model could not be loaded or run
     └── ReplayMissError (LookupError)         a replay model was asked a query it has no record of
@@ -27,6 +28,7 @@ __all__ = [
     "NoAnchorDataError",
     "ReplayMissError",
     "ScopeError",
+    "StoreAccessError",
     "StoreUnavailableError",
     "UnknownModelError",
 ]
@@ -66,6 +68,15 @@ class BudgetExceededError(ScopeError, RuntimeError):
 
 class StoreUnavailableError(ScopeError, ConnectionError):
     """The anchor store backend (a Chroma server) cannot be reached."""
+
+
+class StoreAccessError(StoreUnavailableError):
+    """The Chroma server (or the proxy in front of it) was reached but refused us: the TLS handshake failed
+    (certificate not verified) or the credentials were refused (HTTP 401/403).
+
+    A :class:`StoreUnavailableError`, so a running engine routes degraded and keeps recorded outcomes for
+    retry, as for an outage; a new engine or the CLI fails with the one-line reason.
+    """
 
 
 class EstimatorUnavailableError(ScopeError, ConnectionError):

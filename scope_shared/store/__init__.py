@@ -9,5 +9,6 @@ that knows Chroma's API, and it never imports the estimators, the policy or the 
 
 from scope_shared.store.anchors import DEFAULT_COLLECTION, AddReport, AnchorStore
 from scope_shared.store.records import anchor_id
+from scope_shared.store.totals import StatsCheck
 
-__all__ = ["DEFAULT_COLLECTION", "AddReport", "AnchorStore", "anchor_id"]
+__all__ = ["DEFAULT_COLLECTION", "AddReport", "AnchorStore", "StatsCheck", "anchor_id"]

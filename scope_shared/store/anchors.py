@@ -35,7 +35,7 @@ from scope_shared.store.records import (
     without_question,
 )
 from scope_shared.store.state import SideRecords
-from scope_shared.store.totals import RunningTotals
+from scope_shared.store.totals import RunningTotals, StatsCheck
 from scope_shared.types import AnchorOutcome, AnchorRecord, ModelStats, Outcome, estimate_tokens
 
 __all__ = ["DEFAULT_COLLECTION", "AddReport", "AnchorStore"]
@@ -59,6 +59,22 @@ class AddReport:
     batches: int
 
 
+def _check_verify(verify: Any, *, ssl: bool, host: str | None) -> bool | str:
+    """``verify`` as chromadb takes it: a bool, or the path of an existing CA bundle."""
+    if isinstance(verify, bool):
+        return verify
+    if not isinstance(verify, str | Path):
+        msg = f"verify must be True, False or the path of a CA bundle (PEM), got {type(verify).__name__}"
+        raise ConfigError(msg)
+    if not Path(verify).is_file():
+        msg = f"verify={str(verify)!r} is not a file; pass the CA bundle (PEM) that signed the server's certificate"
+        raise ConfigError(msg)
+    if host and not ssl:
+        msg = f"verify={str(verify)!r} is a CA bundle but ssl=False: pass ssl=True to use TLS"
+        raise ConfigError(msg)
+    return str(verify)
+
+
 class AnchorStore:
     """Anchor questions with each model's outcomes, stored in a Chroma collection.
 
@@ -66,15 +82,25 @@ class AnchorStore:
 
     - ``AnchorStore()`` - in memory, private to this object;
     - ``AnchorStore(path="anchors/")`` - embedded and persistent;
-    - ``AnchorStore(host="chroma.internal", port=8000, ssl=True, token=...)`` - a Chroma server;
-    - ``AnchorStore(client=chromadb_client)`` - a client you built.
+    - ``AnchorStore(host="chroma.internal", port=443, ssl=True, token=..., verify="ca.pem")`` - a Chroma
+      server, here behind an authenticating TLS proxy (``chroma run`` itself checks no token: see
+      docs/chroma-server.md);
+    - ``AnchorStore(client=chromadb_client)`` - a client you built (used as it is: no timeout is added).
 
     Args:
         embedder: an :class:`~scope_shared.embeddings.Embedder` or anything :func:`as_embedder` accepts;
             defaults to all-MiniLM-L6-v2, loaded on first use.
         collection: the Chroma collection name.
         headers: extra HTTP headers for a server (e.g. auth); never logged.
-        token: a Chroma auth token, sent as ``Authorization: Bearer <token>``; never logged.
+        token: a token sent as ``Authorization: Bearer <token>`` (for the proxy in front of the server;
+            ``chroma run`` checks none); never logged. Sending it (or a credential header) without ``ssl``
+            to a host other than this one logs a WARNING.
+        verify: TLS verification with ``ssl=True``: True (the system's CAs), the path of a CA bundle (PEM)
+            for a private CA, or False (no verification; warned about).
+        timeout: seconds a server has to answer each request (None: wait forever, chromadb's default). A
+            server that does not answer in time counts as down: routing degrades instead of hanging. Raise
+            it if a very large collection takes longer to load after the server starts.
+        connect_timeout: seconds to establish a connection to a server.
         batch_size: outcomes written per atomic batch in :meth:`add`.
         stats_ttl: seconds the per-model statistics are cached before being recomputed (writes made
             through this object refresh them at once; this bounds staleness from other processes).
@@ -104,6 +130,9 @@ class AnchorStore:
         ssl: bool = False,
         headers: Mapping[str, str] | None = None,
         token: str | None = None,
+        verify: bool | str | Path = True,
+        timeout: float | None = 10.0,
+        connect_timeout: float = 5.0,
         client: Any = None,
         embedder: Any = None,
         collection: str | None = None,
@@ -131,6 +160,13 @@ class AnchorStore:
         if not 0 < port < 65536:
             msg = f"port must be in 1..65535, got {port}"
             raise ConfigError(msg)
+        for name, secs in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            if secs is None and name == "timeout":
+                continue
+            if isinstance(secs, bool) or not isinstance(secs, int | float) or not 0 < secs < float("inf"):
+                msg = f"{name} must be a positive number of seconds, got {secs!r}"
+                raise ConfigError(msg)
+        verify = _check_verify(verify, ssl=ssl, host=host)
         self._embedder = as_embedder(embedder)
         self._embed: Embedder = CachedEmbedder(self._embedder, maxsize=embed_cache) if embed_cache else self._embedder
         self._tail = embed_tail_chars
@@ -144,13 +180,18 @@ class AnchorStore:
             ssl=ssl,
             headers=headers,
             token=token,
+            verify=verify,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
             client=client,
             collection=collection,
             embedder_id=self._embedder_id,
             hnsw=check_hnsw(hnsw or {}),
         )
         self._side = SideRecords(self._conn)
-        self._totals = RunningTotals(self._side, count=self.count, scan=self.iter_metadata, ttl=stats_ttl)
+        self._totals = RunningTotals(
+            self._side, count=self.count, scan=self.iter_metadata, read=self._metadata_by_id, ttl=stats_ttl
+        )
         self._batch_size = batch_size
         self._stats_ttl = stats_ttl
         self._cache_size = record_cache
@@ -265,9 +306,10 @@ class AnchorStore:
             before = dict(zip(got["ids"], got["metadatas"] or [], strict=True))
             fresh = [rid for rid in ids if rid not in before]
             stored = [rid for rid in ids if rid in before]
+            vectors = self.embed([records[rid][QUESTION] for rid in fresh]) if fresh else None
+            self._totals.will_write(records, before)  # a journal: totals stay right if we stop mid-batch
             try:
                 if fresh:
-                    vectors = self.embed([records[rid][QUESTION] for rid in fresh])
                     self._conn.guard(
                         lambda: col.upsert(
                             ids=fresh,
@@ -282,7 +324,11 @@ class AnchorStore:
                         lambda: col.update(ids=stored, metadatas=[without_question(records[rid]) for rid in stored]),
                         "update anchors",
                     )
-            finally:  # even a half-written batch: the next read of these anchors goes to the store
+            except BaseException:
+                self._totals.interrupted()
+                raise
+            finally:  # even a half-written batch: the next read of these anchors goes to the store (and its
+                # journal is settled at the next write or statistics refresh)
                 with self._cache_lock:
                     for rid in ids:
                         self._cache.pop(rid, None)
@@ -412,6 +458,18 @@ class AnchorStore:
                         self._cache.popitem(last=False)
         return found
 
+    def _metadata_by_id(self, ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+        col = self._col()
+        out: dict[str, Mapping[str, Any]] = {}
+
+        def page(chunk: list[str]) -> Any:
+            return self._conn.guard(lambda: col.get(ids=chunk, include=["metadatas"]), "read anchors")
+
+        for i in range(0, len(ids), _ID_CHUNK):
+            got = page(list(ids[i : i + _ID_CHUNK]))
+            out.update((rid, meta or {}) for rid, meta in zip(got["ids"], got["metadatas"] or [], strict=True))
+        return out
+
     def get(self, ids: Sequence[str]) -> dict[str, AnchorRecord]:
         """Anchors by id (similarity set to 1.0)."""
         col = self._col()
@@ -475,11 +533,20 @@ class AnchorStore:
         """Each model's overall record over all anchors (cached for ``stats_ttl`` seconds).
 
         Read from running totals in the side collection ``<collection>.state`` (one small record per writer,
-        kept by :meth:`add`), so it costs one small read however many anchors there are. Totals can drift
-        only if a writer dies between writing anchors and its totals, or two writers record the same
-        (anchor, model) at the same instant; :meth:`rebuild_stats` recounts from the anchors.
+        kept by :meth:`add`), so it costs one small read however many anchors there are. A writer that stops
+        between writing anchors and its totals leaves a journal, settled by itself or, once it is gone, by the
+        next store object that opens the store (see :mod:`scope_shared.store.totals`). Totals can still drift
+        if two writers record the same (anchor, model) at the same instant: :meth:`check_stats` compares them
+        with a full scan, :meth:`rebuild_stats` recounts them.
         """
         return self._totals.stats(refresh=refresh)
+
+    def check_stats(self) -> StatsCheck:
+        """The running totals against a full scan of the anchors (``scope-router store check``); writes nothing.
+
+        Outcomes written by other processes while it scans show as drift: run it while nothing writes.
+        """
+        return self._totals.check()
 
     def rebuild_stats(self) -> dict[str, ModelStats]:
         """Recount every model's record from the anchors themselves (a full scan) and reset the totals.

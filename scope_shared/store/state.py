@@ -44,6 +44,14 @@ class SideRecords:
         got = self._conn.guard(lambda: side.get(**kwargs), "read anchor totals")
         return {rid: meta or {} for rid, meta in zip(got["ids"], got["metadatas"] or [], strict=True)}
 
+    def read(self, rid: str) -> tuple[Mapping[str, Any], str] | None:
+        """One record's metadata and document (None if there is no such record)."""
+        side = self._conn.side()
+        got = self._conn.guard(lambda: side.get(ids=[rid], include=["metadatas", "documents"]), "read anchor totals")
+        if not got["ids"]:
+            return None
+        return (got["metadatas"] or [{}])[0] or {}, (got["documents"] or [""])[0] or ""
+
     def delete(self, ids: Sequence[str]) -> None:
         side = self._conn.side()
         self._conn.guard(lambda: side.delete(ids=list(ids)), "reset anchor totals")

@@ -1,19 +1,25 @@
 """The anchor store against a real Chroma server: same behaviour as embedded, shared between processes,
-and an outage survived: routing degrades, recorded outcomes are kept and written once it is back."""
+an outage survived (routing degrades, recorded outcomes are kept and written once it is back), a server that
+hangs treated as one that is down, and a server behind an authenticating TLS proxy."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from scope_shared import AnchorStore, HashingEmbedder, Outcome, ScopeEngine, StoreUnavailableError
+from scope_shared.cli import main
+from scope_shared.errors import StoreAccessError
 from scope_shared.store import DEFAULT_COLLECTION
-from tests.integration.chroma_server import ChromaServer
+from tests.integration.chroma_server import AuthTLSProxy, ChromaServer, make_tls_certs
 from tests.unit.conftest import CARDS, sample_outcomes
 
 pytestmark = pytest.mark.integration
@@ -135,3 +141,101 @@ def test_hnsw_settings_reach_the_server(server: ChromaServer) -> None:
     assert ef_search() == 200
     assert http_store(server, hnsw={"ef_search": 48}).count() == store.count()
     assert ef_search() == 48
+
+
+def within(seconds: float, fn: Callable[[], Any]) -> Any:
+    """``fn()``'s result (or exception, raised); fails the test if it has not returned after ``seconds``."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append((True, fn()))
+        except BaseException as exc:  # noqa: BLE001 - raised below, in the test's thread
+            out.append((False, exc))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert out, f"still waiting after {seconds} s"
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
+
+
+def test_a_frozen_server_degrades_routing_like_a_dead_one(server: ChromaServer) -> None:
+    store = http_store(server, timeout=2.0)
+    store.add(sample_outcomes())
+    engine = ScopeEngine(store=store, models=CARDS, value_per_correct=1.0)
+    poem = "write a sonnet poem about the amber moon"
+    assert not engine.route(poem).degraded
+    server.freeze()  # SIGSTOP: the port still accepts connections, nothing answers
+    try:
+        t0 = time.monotonic()
+        during = within(60, lambda: engine.route(poem))
+        took = time.monotonic() - t0
+        assert during.degraded and "did not answer within 2 s" in during.reason, during.reason
+        assert during.model == "big" and took < 10, took  # last known statistics, after one timeout
+        engine.record(Outcome(query="asked while the server hung", model="small", correct=1.0, output_tokens=5))
+        assert engine.pending == 1  # kept for retry, as in an outage
+    finally:
+        server.thaw()
+    assert not engine.route(poem).degraded and engine.pending == 0
+    assert http_store(server).model_stats(refresh=True)["small"].n == 21
+
+
+TOKEN = "proxy-token-0123456789abcdef"
+
+
+@pytest.fixture
+def proxy(server: ChromaServer, tmp_path: Path) -> Iterator[tuple[AuthTLSProxy, Path]]:
+    ca, cert, key = make_tls_certs(tmp_path / "tls")
+    front = AuthTLSProxy(upstream=server.port, token=TOKEN, cert=cert, key=key).start()
+    yield front, ca
+    front.stop()
+
+
+def tls_store(front: AuthTLSProxy, **kw: Any) -> AnchorStore:
+    return AnchorStore(host="127.0.0.1", port=front.port, ssl=True, embedder=HashingEmbedder(), timeout=10.0, **kw)
+
+
+def test_through_an_authenticating_tls_proxy(proxy: tuple[AuthTLSProxy, Path]) -> None:
+    front, ca = proxy
+    store = tls_store(front, token=TOKEN, verify=ca)
+    assert store.add(sample_outcomes()).anchors_new == 20
+    decision = ScopeEngine(store=store, models=CARDS, value_per_correct=1.0).route("write a sonnet about the moon")
+    assert not decision.degraded and decision.model == "big"
+    assert front.refused == 0
+
+    for wrong in ("not-the-token", None):
+        with pytest.raises(StoreAccessError) as err:
+            tls_store(front, token=wrong, verify=ca).count()
+        says = "refused the credentials (HTTP 401)" if wrong else "requires credentials (HTTP 401)"
+        assert str(err.value).startswith(f"Chroma at 127.0.0.1:{front.port} {says.split(' (')[0]}")
+        assert says in str(err.value) and "not-the-token" not in str(err.value) and TOKEN not in str(err.value)
+    assert front.refused == 2
+
+    with pytest.raises(StoreAccessError) as err:
+        tls_store(front, token=TOKEN).count()  # verify=True: the system CAs do not know the private CA
+    text = str(err.value)
+    assert text.startswith(f"TLS handshake with Chroma at 127.0.0.1:{front.port} failed: certificate verify failed: ")
+    assert "pass verify=<CA bundle>" in text and "\n" not in text and TOKEN not in text
+
+
+def test_cli_through_an_authenticating_tls_proxy(
+    proxy: tuple[AuthTLSProxy, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    front, ca = proxy
+    rows = tmp_path / "anchors.jsonl"
+    rows.write_text("\n".join(json.dumps(r.model_dump()) for r in sample_outcomes()))
+    monkeypatch.setenv("SCOPE_TEST_CHROMA_TOKEN", TOKEN)
+    opts = ["--chroma-host", "127.0.0.1", "--chroma-port", str(front.port), "--chroma-ssl", "--chroma-ca", str(ca),
+            "--chroma-token-env", "SCOPE_TEST_CHROMA_TOKEN", "--embedder", "hashing"]
+    assert main(["ingest", *opts, "--estimator", "anchors", "-q", str(rows)]) == 0
+    assert "20 new anchors" in capsys.readouterr().out
+    assert main(["store", "check", *opts]) == 0
+    assert "no drift" in capsys.readouterr().out
+    no_ca = [o for o in opts if o not in ("--chroma-ca", str(ca))]
+    assert main(["store", "check", *no_ca]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "certificate verify failed" in err and TOKEN not in err

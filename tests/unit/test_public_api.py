@@ -13,7 +13,7 @@ CORE = {
     "EmbedderError", "EmptyStoreError", "Escalation", "Estimate", "Estimator", "EstimatorUnavailableError", "HashingEmbedder",
     "MiniLMEmbedder", "ModelCard", "NoAnchorDataError", "Outcome", "Prior", "ReplayMissError", "RouteOptions",
     "ScopeEngine", "ScopeError", "Settlement",
-    "StoreUnavailableError", "UnknownModelError", "__version__", "as_embedder", "choose", "load_outcomes",
+    "StoreAccessError", "StoreUnavailableError", "UnknownModelError", "__version__", "as_embedder", "choose", "load_outcomes",
     "load_prices", "utility",
 }
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -291,3 +292,16 @@ def test_questions_live_in_metadata() -> None:
     [hits] = s.query(s.embed([MATH[0]]), k=1)
     assert hits[0].question == MATH[0]
     assert s.get([anchor_id(MATH[0])])[anchor_id(MATH[0])].question == MATH[0]
+
+
+def test_a_relative_store_path_means_the_directory_it_named_when_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    first = AnchorStore(path="anchors", embedder=HashingEmbedder())
+    first.add([Outcome(query=MATH[0], model="big", correct=1.0)])
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    second = AnchorStore(path="anchors", embedder=HashingEmbedder())  # Chroma caches clients by path string
+    assert second.count() == 0 and first.count() == 1
+    assert (tmp_path / "elsewhere" / "anchors").is_dir()
