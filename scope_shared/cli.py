@@ -226,19 +226,40 @@ def _holdout_lines(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _cascade_replay(args: argparse.Namespace) -> Any:
+    """The cascade replay of ``evaluate --cascade``; responses and references default to files beside --test."""
+    from scope_shared.cascade.replay import CascadeReplay
+
+    folder = Path(args.test).parent
+    return CascadeReplay(
+        responses=args.responses or folder / "responses.csv.gz",
+        references=args.references or folder / "references.csv.gz",
+        max_calls=args.cascade_max_calls,
+        max_candidates=args.cascade_candidates,
+        factors=args.cascade_factors,
+        estimator_factory=lambda: _routing(args)["estimator"],
+    )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from scope_shared.embeddings import CachedEmbedder
     from scope_shared.evaluation import evaluate, plot_report
 
+    cascade = _cascade_replay(args) if args.cascade else None
+    embedder = _embedder(args.embedder)
+    if cascade is not None:  # the cascade's cross-fitted stores embed the anchors again: once is enough
+        embedder = CachedEmbedder(embedder, maxsize=100_000)
     report = evaluate(
         args.anchors,
         args.test,
         args.prices,
-        embedder=_embedder(args.embedder),
+        embedder=embedder,
         **_routing(args),
         k=args.k,
         holdout_models=[m.strip() for m in args.holdout_models.split(",") if m.strip()],
         holdout_anchors=args.holdout_anchors,
         holdout_seed=args.holdout_seed,
+        cascade=cascade,
     )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -247,6 +268,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         plot_report(report, args.plot)
     for line in _summary_lines(report):
         _out(line)
+    if cascade is not None:
+        from scope_shared.cascade.replay import summary_lines
+
+        for line in summary_lines(report["cascade"]):
+            _out(line)
     if args.json:
         _out(f"report: {args.json}")
     if args.plot:
@@ -369,6 +395,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--holdout-anchors", type=int, default=50, help="anchors each held-out model keeps")
     sp.add_argument("--holdout-seed", type=int, default=0, help="seed of the anchors held-out models keep")
+    sp.add_argument(
+        "--cascade", action="store_true", help="also replay cascades from the recorded responses (docs/cascade.md)"
+    )
+    sp.add_argument("--responses", help="recorded responses for --cascade (default: responses.csv.gz beside --test)")
+    sp.add_argument("--references", help="gold references for --cascade (default: references.csv.gz beside --test)")
+    sp.add_argument("--cascade-max-calls", type=int, default=4, help="calls per query a cascade makes at most")
+    sp.add_argument("--cascade-candidates", type=int, default=8, help="models a cascade considers per query")
+    sp.add_argument("--cascade-factors", type=int, default=1, choices=[1, 2], help="latent difficulty factors")
     sp.set_defaults(fn=cmd_evaluate)
 
     sp = sub.add_parser("store", help="compare the running totals with a full scan (check), or recount them (repair)")

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,9 @@ from scope_shared.metrics import aiq, auroc, expected_calibration_error, hull_ai
 from scope_shared.policy import utility
 from scope_shared.store import AnchorStore
 from scope_shared.types import DEFAULT_TOKENS_PER_CHAR, Estimate, ModelCard, Outcome
+
+if TYPE_CHECKING:
+    from scope_shared.cascade.replay import CascadeReplay
 
 __all__ = [
     "DEFAULT_VALUES",
@@ -221,6 +224,7 @@ def evaluate(
     holdout_models: Sequence[str] = (),
     holdout_anchors: int = 50,
     holdout_seed: int = 0,
+    cascade: CascadeReplay | None = None,
 ) -> dict[str, Any]:
     """Replay-evaluate an estimator: load ``anchors`` into a fresh store, estimate ``test``, report.
 
@@ -235,6 +239,8 @@ def evaluate(
         holdout_models: models treated as newly added: their anchor outcomes are cut down to
             ``holdout_anchors`` random anchors (seeded by ``holdout_seed``) before loading; the report's
             ``holdout`` section gives their AUROC within model and their share of the router's picks.
+        cascade: also replay cascades from the recorded responses (:class:`~scope_shared.cascade.replay.
+            CascadeReplay`); the report's ``cascade`` section puts them beside the pre-hoc router.
     """
     t0 = time.perf_counter()
     anchor_rows = load_outcomes(anchors) if isinstance(anchors, str | Path) else list(anchors)
@@ -301,6 +307,18 @@ def evaluate(
     }
     if holdout_models:
         report["holdout"] = _holdout_report(kept, holdout_seed, estimation, routing)
+    if cascade is not None:
+        report["cascade"] = cascade.run(
+            anchors=anchor_rows,
+            test=test_rows,
+            estimates=estimates,
+            cards=cards,
+            pool=pool,
+            embedder=store.embedder,
+            k=k,
+            values=values,
+            tokens_per_char=store.tokens_per_char,
+        )
     return report
 
 

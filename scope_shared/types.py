@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_TOKENS_PER_CHAR",
     "MAX_PRICE_PER_MTOK",
     "MAX_TOKENS",
+    "NO_ANSWER",
     "AnchorEvidence",
     "AnchorOutcome",
     "AnchorRecord",
@@ -54,6 +55,10 @@ MAX_PRICE_PER_MTOK = 100_000.0
 
 TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 
+#: The ``answer`` recorded for a response that had no readable final answer (an ASCII control character no
+#: grader's extracted answer contains; ``None`` means no answer was recorded at all).
+NO_ANSWER = "\x1f"
+
 
 def _unicode(value: str, what: str) -> str:
     """``value`` if it is valid Unicode text (no lone surrogates, which no store or file can hold)."""
@@ -85,7 +90,12 @@ class ModelCard(BaseModel):
 
 
 class Outcome(BaseModel):
-    """One recorded result of one model on one query."""
+    """One recorded result of one model on one query.
+
+    ``answer`` is the final answer a grader extracted from the model's response (:data:`NO_ANSWER` when the
+    response had none, None when not recorded); the store keeps it so that cascades can calibrate how often
+    answers agree.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -96,6 +106,7 @@ class Outcome(BaseModel):
     input_tokens: TokenCount | None = None
     query_id: str | None = None
     task: str | None = None
+    answer: str | None = None
 
     @field_validator("query")
     @classmethod
@@ -105,7 +116,7 @@ class Outcome(BaseModel):
             raise ValueError(msg)
         return _unicode(value, "query")
 
-    @field_validator("model", "query_id", "task")
+    @field_validator("model", "query_id", "task", "answer")
     @classmethod
     def _text(cls, value: str | None, info: ValidationInfo) -> str | None:
         return value if value is None else _unicode(value, str(info.field_name))
@@ -113,10 +124,11 @@ class Outcome(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class AnchorOutcome:
-    """A model's recorded result on one anchor."""
+    """A model's recorded result on one anchor (``answer``: the extracted answer, where recorded)."""
 
     correct: float
     output_tokens: float | None = None
+    answer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,10 +2,10 @@
 
 One record per anchor question; its id is a hash of the text, so the same text is one anchor. Outcomes live
 in the record's metadata, one key per model and field (``c::<model>`` correctness, ``t::<model>`` output
-tokens), so a new model's outcomes merge into existing records in place, re-adding an outcome is idempotent,
-and writers in several processes never overwrite each other's models. The question is the metadata key
-``question`` (not the Chroma document: Chroma indexes documents for full-text search, which halves write
-throughput and which routing never uses).
+tokens, ``a::<model>`` the extracted answer where one was recorded), so a new model's outcomes merge into
+existing records in place, re-adding an outcome is idempotent, and writers in several processes never overwrite
+each other's models. The question is the metadata key ``question`` (not the Chroma document: Chroma indexes
+documents for full-text search, which halves write throughput and which routing never uses).
 """
 
 from __future__ import annotations
@@ -20,10 +20,21 @@ import numpy as np
 from scope_shared.embeddings import Matrix
 from scope_shared.types import AnchorOutcome, AnchorRecord, Outcome
 
-__all__ = ["CORRECT", "QUESTION", "TOKENS", "anchor_id", "export_rows", "log_tokens", "outcomes_of", "question_of"]
+__all__ = [
+    "ANSWER",
+    "CORRECT",
+    "QUESTION",
+    "TOKENS",
+    "anchor_id",
+    "export_rows",
+    "log_tokens",
+    "outcomes_of",
+    "question_of",
+]
 
 CORRECT = "c::"
 TOKENS = "t::"
+ANSWER = "a::"
 QUESTION = "question"
 #: Metadata keys of the anchor itself (not of a model's outcome).
 CHARS = "chars"
@@ -48,8 +59,11 @@ def outcomes_of(meta: Mapping[str, Any]) -> dict[str, AnchorOutcome]:
         if key.startswith(CORRECT):
             model = key[len(CORRECT) :]
             tokens = meta.get(TOKENS + model)
+            answer = meta.get(ANSWER + model)
             out[model] = AnchorOutcome(
-                correct=float(value), output_tokens=float(tokens) if tokens is not None else None
+                correct=float(value),
+                output_tokens=float(tokens) if tokens is not None else None,
+                answer=answer if isinstance(answer, str) else None,
             )
     return out
 
@@ -64,6 +78,8 @@ def add_to_meta(meta: dict[str, Any], out: Outcome) -> None:
     meta[CORRECT + out.model] = float(out.correct)
     if out.output_tokens is not None:
         meta[TOKENS + out.model] = int(out.output_tokens)
+    if out.answer is not None:
+        meta[ANSWER + out.model] = out.answer
     if out.input_tokens is not None:
         meta[IN_TOKENS] = int(out.input_tokens)
     if out.query_id is not None:

@@ -1,0 +1,50 @@
+"""Cascade routing: look at the answer before paying for a stronger model.
+
+A pre-hoc router picks one model from estimates made before any answer exists. A cascade calls a model, reads its
+answer, and decides by expected utility whether to stop or to call another: a cheap model's answer that a second
+cheap model agrees with is often right, and paying for a strong model is then wasted (Dekoninck et al. 2024, "A
+Unified Approach to Routing and Cascading for LLMs"; FrugalGPT, Chen et al. 2023).
+
+- :mod:`.posterior`: which answer is correct, given the pre-hoc estimates and the answers so far (a
+  Dawid-Skene posterior with a latent difficulty per query);
+- :mod:`.checkers`: post-hoc evidence about one answer (unreadable answers, token log-probabilities);
+- :mod:`.calibration`: every parameter of the posterior fitted on the anchors' recorded answers;
+- :mod:`.planner`: the next step by expected utility, looking a few calls ahead;
+- :mod:`.plan`: :class:`Cascade` and the :class:`CascadePlan` a caller drives, within the engine's budget;
+- :mod:`.replay`: exact replay from recorded responses, and the side-by-side report.
+"""
+
+from scope_shared.cascade.calibration import CalibrationRow, CascadeCalibration, GroupCalibration, fit_calibration
+from scope_shared.cascade.checkers import (
+    Checker,
+    LogprobCalibration,
+    LogprobChecker,
+    ModelAnswer,
+    ParseChecker,
+    Signal,
+)
+from scope_shared.cascade.plan import Cascade, CascadePlan, CascadeResult, CascadeStep, StepRecord
+from scope_shared.cascade.planner import Planner
+from scope_shared.cascade.posterior import AnswerPosterior, Quadrature, correct_curves
+
+__all__ = [
+    "AnswerPosterior",
+    "CalibrationRow",
+    "Cascade",
+    "CascadeCalibration",
+    "CascadePlan",
+    "CascadeResult",
+    "CascadeStep",
+    "Checker",
+    "GroupCalibration",
+    "LogprobCalibration",
+    "LogprobChecker",
+    "ModelAnswer",
+    "ParseChecker",
+    "Planner",
+    "Quadrature",
+    "Signal",
+    "StepRecord",
+    "correct_curves",
+    "fit_calibration",
+]
