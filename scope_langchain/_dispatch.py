@@ -21,6 +21,7 @@ from scope_langchain._metadata import child_config
 from scope_langchain._retry import Recovery
 from scope_langchain._settings import QuestionFn, RouterFields, TokenCounter, resolve_settings
 from scope_shared import BudgetExceededError, ConfigError, Decision, RouteOptions, ScopeEngine
+from scope_shared.cascade import Cascade
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class Dispatcher:
     question: QuestionFn | None
     token_counter: TokenCounter | None
     recovery: Recovery
+    cascade: Cascade | None = None
 
     @classmethod
     def of(cls, owner: RouterFields) -> Dispatcher:
@@ -96,7 +98,18 @@ class Dispatcher:
             question=owner.question,
             token_counter=owner.token_counter,
             recovery=Recovery.of(owner.engine, owner),
+            cascade=owner.cascade,
         )
+
+    def cascading(self, p: Prepared) -> bool:
+        """Whether this call runs a cascade (one is set, and the call does not force a model)."""
+        return self.cascade is not None and p.settings.force_model is None
+
+    def cascade_of(self, p: Prepared) -> Cascade:
+        if self.cascade is None or p.settings.force_model is not None:
+            msg = "this call does not cascade (no cascade set, or a model is forced)"
+            raise ConfigError(msg)
+        return self.cascade
 
     # -- preparing and deciding ------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from scope_langchain._retry import is_transient
 from scope_shared import ConfigError, RouteOptions, ScopeEngine, UnknownModelError
+from scope_shared.cascade import Cascade
 
 #: Keys of ``config["configurable"]`` read on every call.
 CONFIG_KEYS = ("value_per_correct", "max_cost_per_call", "force_model", "candidates")
@@ -87,6 +88,10 @@ def validate_setup(engine: Any, models: Any, options: Mapping[str, Any]) -> None
     ):
         msg = f"fallback_on must be a tuple of exception classes, got {fallback_on!r}"
         raise ConfigError(msg)
+    cascade = options.get("cascade")
+    if cascade is not None and not isinstance(cascade, Cascade):
+        msg = f"cascade must be a scope_shared.cascade.Cascade, got {type(cascade).__name__}"
+        raise ConfigError(msg)
     for key in ("question", "token_counter", "retry_if"):
         fn = options.get(key)
         if fn is not None and not callable(fn):
@@ -117,6 +122,7 @@ class RouterFields(BaseModel):
     max_fallbacks: int = 2
     fallback_on: tuple[type[BaseException], ...] = (Exception,)
     retry_if: Callable[[BaseException], bool] = is_transient
+    cascade: Cascade | None = None
 
     def __init__(self, *, engine: ScopeEngine, models: Mapping[str, Runnable[Any, Any]], **kwargs: Any) -> None:
         validate_setup(engine, models, kwargs)

@@ -20,6 +20,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import ensure_config
 from langchain_core.tools import BaseTool
 
+from scope_langchain import _cascade
 from scope_langchain._call import acall, call
 from scope_langchain._dispatch import Dispatcher, Prepared
 from scope_langchain._settings import CONFIG_KEYS, RouterFields
@@ -140,7 +141,10 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs)
-        message = call(d, p, d.decide(p), config, call_kwargs)
+        if d.cascading(p):
+            message = _cascade.run(d, p, config, call_kwargs)
+        else:
+            message = call(d, p, d.decide(p), config, call_kwargs)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     async def _agenerate(
@@ -151,7 +155,10 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs)
-        message = await acall(d, p, await d.adecide(p), config, call_kwargs)
+        if d.cascading(p):
+            message = await _cascade.arun(d, p, config, call_kwargs)
+        else:
+            message = await acall(d, p, await d.adecide(p), config, call_kwargs)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _stream(
@@ -162,6 +169,9 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs)
+        if d.cascading(p):  # a cascade reads each answer whole: the answer it returns comes as one chunk
+            yield ChatGenerationChunk(message=_cascade.as_one_chunk(_cascade.run(d, p, config, call_kwargs)))
+            return
         for chunk in stream(d, p, d.decide(p), config, call_kwargs):
             yield ChatGenerationChunk(message=chunk)
 
@@ -173,6 +183,10 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs)
+        if d.cascading(p):  # a cascade reads each answer whole: the answer it returns comes as one chunk
+            message = await _cascade.arun(d, p, config, call_kwargs)
+            yield ChatGenerationChunk(message=_cascade.as_one_chunk(message))
+            return
         async for chunk in astream(d, p, await d.adecide(p), config, call_kwargs):
             yield ChatGenerationChunk(message=chunk)
 

@@ -13,6 +13,7 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, R
 from langchain_core.runnables.config import ensure_config, get_executor_for_config
 from langchain_core.runnables.utils import gather_with_concurrency
 
+from scope_langchain import _cascade
 from scope_langchain._call import acall, call
 from scope_langchain._dispatch import Dispatcher, acapture, capture, ready
 from scope_langchain._settings import RouterFields
@@ -72,6 +73,12 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         max_fallbacks: other models tried after the chosen one fails.
         fallback_on: exception types that trigger a fallback.
         retry_if: predicate for transient errors (default :func:`is_transient`).
+        cascade: a :class:`~scope_shared.cascade.Cascade`: each call then looks at each answer before deciding
+            whether to return it or to call another model (docs/cascade.md). ``response_metadata["scope"]``
+            then also holds ``cascade``: every step (model, run id, answer, a summary of the response, the
+            checkers' evidence, P(correct), cost) and why it stopped; ``stream`` yields the returned answer as
+            one chunk once the cascade has ended; a forced model never cascades; ``batch`` runs each input's
+            cascade on its own. Each step is a child run, so the outcome handler records every step.
     """
 
     def __repr__(self) -> str:
@@ -134,6 +141,8 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
     ) -> BaseMessage:
         d = self._dispatcher()
         p = d.prepare(value, config.get("configurable"))
+        if d.cascading(p):
+            return _cascade.run(d, p, config, kwargs)
         return call(d, p, d.decide(p), config, kwargs)
 
     async def ainvoke(
@@ -150,6 +159,8 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
     ) -> BaseMessage:
         d = self._dispatcher()
         p = d.prepare(value, config.get("configurable"))
+        if d.cascading(p):
+            return await _cascade.arun(d, p, config, kwargs)
         return await acall(d, p, await d.adecide(p), config, kwargs)
 
     # -- batch -----------------------------------------------------------------------------------
@@ -177,6 +188,16 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
     ) -> list[Exception | BaseMessage]:
         d = self._dispatcher()
         prepared = d.prepare_batch(inputs, config)
+        if d.cascade is not None:  # each input runs its own cascade (each step is decided on its answers)
+
+            def own(i: int) -> Exception | BaseMessage:
+                p = prepared[i]
+                if isinstance(p, Exception):
+                    return p
+                return capture(self._invoke, inputs[i], run_manager[i], config[i], **kwargs)
+
+            with get_executor_for_config(config[0]) as executor:
+                return list(executor.map(own, range(len(inputs))))
         todo = ready(prepared, d.decide_batch(prepared))
 
         def one(i: int) -> Exception | BaseMessage:
@@ -210,6 +231,16 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
     ) -> list[Exception | BaseMessage]:
         d = self._dispatcher()
         prepared = d.prepare_batch(inputs, config)
+        if d.cascade is not None:  # each input runs its own cascade (each step is decided on its answers)
+
+            async def own(i: int) -> Exception | BaseMessage:
+                p = prepared[i]
+                if isinstance(p, Exception):
+                    return p
+                return await acapture(self._ainvoke, inputs[i], run_manager[i], config[i], **kwargs)
+
+            limit = config[0].get("max_concurrency")
+            return await gather_with_concurrency(limit, *(own(i) for i in range(len(inputs))))
         todo = ready(prepared, await d.adecide_batch(prepared))
 
         async def one(i: int) -> Exception | BaseMessage:
@@ -237,6 +268,9 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         value = _last(inputs)
         d = self._dispatcher()
         p = d.prepare(value, config.get("configurable"))
+        if d.cascading(p):  # a cascade reads each answer whole: the answer it returns comes as one chunk
+            yield _cascade.as_one_chunk(_cascade.run(d, p, config, kwargs))
+            return
         yield from stream(d, p, d.decide(p), config, kwargs)
 
     async def astream(
@@ -262,6 +296,9 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
             pass
         d = self._dispatcher()
         p = d.prepare(value, config.get("configurable"))
+        if d.cascading(p):  # a cascade reads each answer whole: the answer it returns comes as one chunk
+            yield _cascade.as_one_chunk(await _cascade.arun(d, p, config, kwargs))
+            return
         async for chunk in astream(d, p, await d.adecide(p), config, kwargs):
             yield chunk
 

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -32,9 +41,11 @@ from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.llm import LLM
 
+from scope_llamaindex import _cascade
 from scope_llamaindex._responses import measure, prompt_of
 from scope_llamaindex.events import ScopeCallEvent
 from scope_shared import ConfigError, Decision, RouteOptions, ScopeEngine, UnknownModelError
+from scope_shared.cascade import Cascade, CascadePlan, CascadeStep
 
 __all__ = ["ScopeLLM"]
 
@@ -95,6 +106,12 @@ class ScopeLLM(LLM):
         count_tokens: counts prompt tokens for the cost estimate and when a provider reports no usage
             (default: the store's characters-per-token estimate).
         callback_manager: LlamaIndex's legacy callback manager.
+        cascade: a :class:`~scope_shared.cascade.Cascade`: each call then looks at each answer before deciding
+            whether to return it or to call another LLM (docs/cascade.md). Every step is settled, stamped and
+            announced like a routed call (one :class:`~scope_llamaindex.ScopeCallEvent` each, so the event
+            handler records every step); the response returned also holds ``additional_kwargs["scope"]
+            ["cascade"]``: every step and why it stopped. The ``stream_*`` methods run the cascade to its end
+            and yield the returned answer as one chunk.
 
     The response's ``additional_kwargs["scope"]`` holds ``call_id``, ``model``, ``decision`` (the decision's
     summary) and, once the call has finished, ``input_tokens``, ``output_tokens``, ``usage_reported`` and
@@ -108,6 +125,7 @@ class ScopeLLM(LLM):
     _query_from: Callable[[Sequence[ChatMessage]], str] | None = PrivateAttr(default=None)
     _count_tokens: Callable[[str], int] | None = PrivateAttr(default=None)
     _warned: set[str] = PrivateAttr(default_factory=set)
+    _cascade: Cascade | None = PrivateAttr(default=None)
 
     def __init__(
         self,
@@ -118,6 +136,7 @@ class ScopeLLM(LLM):
         query_from: Callable[[Sequence[ChatMessage]], str] | None = None,
         count_tokens: Callable[[str], int] | None = None,
         callback_manager: CallbackManager | None = None,
+        cascade: Cascade | None = None,
         **route_options: Any,
     ) -> None:
         if not isinstance(engine, ScopeEngine):
@@ -133,6 +152,9 @@ class ScopeLLM(LLM):
             if not isinstance(llm, LLM):
                 msg = f"llms[{name!r}] must be a LlamaIndex LLM, got {type(llm).__name__}"
                 raise ConfigError(msg)
+        if cascade is not None and not isinstance(cascade, Cascade):
+            msg = f"cascade must be a scope_shared.cascade.Cascade, got {type(cascade).__name__}"
+            raise ConfigError(msg)
         given = RouteOptions.of(options, **route_options)
         for label, fn in (("query_from", query_from), ("count_tokens", count_tokens)):
             if fn is not None and not callable(fn):
@@ -145,6 +167,7 @@ class ScopeLLM(LLM):
         self._options = engine.options.merged(given).merged({"candidates": list(llms)})
         self._query_from = query_from
         self._count_tokens = count_tokens
+        self._cascade = cascade
 
     @classmethod
     def class_name(cls) -> str:
@@ -261,6 +284,32 @@ class ScopeLLM(LLM):
             async for chunk in chunks:
                 yield watch(chunk)
 
+    # -- cascades (scope_llamaindex._cascade makes the calls the plan asks for) -------------------
+
+    def _cascade_or_raise(self) -> Cascade:
+        if self._cascade is None:
+            msg = "this ScopeLLM has no cascade"
+            raise ConfigError(msg)
+        return self._cascade
+
+    def _plan(self, query: str, prompt: str) -> CascadePlan:
+        return self._cascade_or_raise().start(self.engine, query, **self._route_kwargs(query, prompt))
+
+    async def _aplan(self, query: str, prompt: str) -> CascadePlan:
+        return await self._cascade_or_raise().astart(self.engine, query, **self._route_kwargs(query, prompt))
+
+    def _cascaded(self, query: str, prompt: str, ask: Callable[[_Call], R]) -> R:
+        return _cascade.drive(
+            self._plan(query, prompt), self._starter(query, prompt), ask, self._finish, _call_id
+        )
+
+    async def _acascaded(self, query: str, prompt: str, ask: Callable[[_Call], Awaitable[R]]) -> R:
+        plan = await self._aplan(query, prompt)
+        return await _cascade.adrive(plan, self._starter(query, prompt), ask, self._finish, _call_id)
+
+    def _starter(self, query: str, prompt: str) -> Callable[[CascadeStep], _Call]:
+        return lambda step: self._call(step.decision, query, prompt)
+
     # -- chat ------------------------------------------------------------------------------------
 
     def _chat_query(self, messages: Sequence[ChatMessage]) -> tuple[str, str]:
@@ -269,23 +318,33 @@ class ScopeLLM(LLM):
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        if self._cascade is not None:
+            return self._cascaded(*self._chat_query(messages), lambda c: c.llm.chat(messages, **kwargs))
         with self._routed(*self._chat_query(messages)) as call:
             response = call.llm.chat(messages, **kwargs)
         return self._finish(call, response)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        if self._cascade is not None:
+            return await self._acascaded(*self._chat_query(messages), lambda c: c.llm.achat(messages, **kwargs))
         async with self._arouted(*self._chat_query(messages)) as call:
             response = await call.llm.achat(messages, **kwargs)
         return self._finish(call, response)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        if self._cascade is not None:
+            done = self._cascaded(*self._chat_query(messages), lambda c: c.llm.chat(messages, **kwargs))
+            return _once(_cascade.one_chunk(done))
         with self._routed(*self._chat_query(messages)) as call:
             return self._stream(call, call.llm.stream_chat(messages, **kwargs))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        if self._cascade is not None:
+            done = await self._acascaded(*self._chat_query(messages), lambda c: c.llm.achat(messages, **kwargs))
+            return _aonce(_cascade.one_chunk(done))
         async with self._arouted(*self._chat_query(messages)) as call:
             return self._astream(call, await call.llm.astream_chat(messages, **kwargs))
 
@@ -293,18 +352,26 @@ class ScopeLLM(LLM):
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        if self._cascade is not None:
+            return self._cascaded(prompt, prompt, lambda c: c.llm.complete(prompt, formatted=formatted, **kwargs))
         with self._routed(prompt, prompt) as call:
             response = call.llm.complete(prompt, formatted=formatted, **kwargs)
         return self._finish(call, response)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        if self._cascade is not None:
+            ask = lambda c: c.llm.acomplete(prompt, formatted=formatted, **kwargs)  # noqa: E731
+            return await self._acascaded(prompt, prompt, ask)
         async with self._arouted(prompt, prompt) as call:
             response = await call.llm.acomplete(prompt, formatted=formatted, **kwargs)
         return self._finish(call, response)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        if self._cascade is not None:
+            done = self._cascaded(prompt, prompt, lambda c: c.llm.complete(prompt, formatted=formatted, **kwargs))
+            return _once(_cascade.one_chunk(done))
         with self._routed(prompt, prompt) as call:
             return self._stream(call, call.llm.stream_complete(prompt, formatted=formatted, **kwargs))
 
@@ -312,5 +379,20 @@ class ScopeLLM(LLM):
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
+        if self._cascade is not None:
+            ask = lambda c: c.llm.acomplete(prompt, formatted=formatted, **kwargs)  # noqa: E731
+            return _aonce(_cascade.one_chunk(await self._acascaded(prompt, prompt, ask)))
         async with self._arouted(prompt, prompt) as call:
             return self._astream(call, await call.llm.astream_complete(prompt, formatted=formatted, **kwargs))
+
+
+def _call_id(call: _Call) -> str:
+    return call.call_id
+
+
+def _once(response: R) -> Generator[R, None, None]:
+    yield response
+
+
+async def _aonce(response: R) -> AsyncGenerator[R, None]:
+    yield response

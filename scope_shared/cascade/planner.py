@@ -149,7 +149,7 @@ class Planner:
         if not node.called:
             return np.full(len(self.values), -np.inf)
         _, p = node.posterior.best()
-        out: FloatArray = self.values * (self.confidence(p) if p > 0.0 else 0.0)
+        out: FloatArray = self.values * self._sure(p)
         return out
 
     def worth(self, node: Node, depth: int) -> FloatArray:
@@ -166,11 +166,22 @@ class Planner:
         return best
 
     def _proceed(self, node: Node, model: str, depth: int) -> FloatArray:
+        if depth == 1 or len(node.called) + 1 >= self.max_calls:  # the answer ends the lookahead: stop after it
+            none_p = self.unparsed[model]
+            _, now = node.posterior.best()
+            expected = none_p * self._sure(now)
+            for prob, best in node.posterior.leaf_best(self.curves[model]):
+                expected += (1.0 - none_p) * prob * self._sure(best)
+            out: FloatArray = self.values * expected - self.costs[model]
+            return out
         total = np.full(len(self.values), -self.costs[model])
         for prob, child in self.branches(node, model):
             if prob > 0.0:
                 total = total + prob * self.worth(child, depth - 1)
         return total
+
+    def _sure(self, p: float) -> float:
+        return self.confidence(p) if p > 0.0 else 0.0
 
     def decide(self, node: Node, *, allowed: Iterable[str] | None = None) -> StepValues:
         """The best step at ``node`` for each value: stop, or which model to call next."""

@@ -217,6 +217,30 @@ class AnswerPosterior:
         total = sum(m for m, _, _ in out)
         return [(m / total, c, post) for m, c, post in out]
 
+    def leaf_best(self, q: FloatArray) -> list[tuple[float, float]]:
+        """For each parsed answer a model with curve ``q`` may give: (its probability, P(the best answer is
+        correct) after it). What :meth:`branches` gives, without building the posteriors (the lookahead's
+        last level needs no more)."""
+        table = self._table
+        a = table @ q  # per hypothesis: mass where the model is right
+        b = table @ (1.0 - q)  # ... and where it is wrong
+        wrong = self._wrong_counts()
+        hit = b * np.minimum(self.collision, 1.0 / np.maximum(wrong, 1.0))
+        out: list[tuple[float, float]] = []
+        for k in range(len(self.answers)):
+            rows = hit.copy()
+            rows[k + 1] = a[k + 1]
+            mass = float(rows.sum())
+            if mass > 0.0:
+                out.append((mass, float(rows[1:].max()) / mass))
+        fresh = b * np.maximum(1.0 - wrong * self.collision, 0.0)
+        mass = float(fresh.sum() + a[0])
+        if mass > 0.0:
+            top = max(float(fresh[1:].max()) if len(fresh) > 1 else 0.0, float(a[0]))
+            out.append((mass, top / mass))
+        total = sum(m for m, _ in out)
+        return [(m / total, p) for m, p in out]
+
     def p_correct(self, q: FloatArray) -> float:
         """P(a model with curve ``q`` answers correctly), given what has been seen (its difficulty included)."""
         return float((self._table.sum(axis=0) @ q) / self._table.sum())

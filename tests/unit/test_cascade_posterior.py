@@ -187,3 +187,14 @@ def test_posterior_is_calibrated_when_its_assumptions_hold() -> None:
         mask = (ps_arr >= lo) & (ps_arr < hi)
         if mask.sum() > 100:
             assert abs(ps_arr[mask].mean() - hits_arr[mask].mean()) < 0.05, (lo, hi)
+
+
+def test_leaf_best_is_what_the_branches_give() -> None:
+    post = AnswerPosterior(collision=0.4, quad=QUAD).add(curve(0.6, 1.0), None, answer="A")
+    post = post.add(curve(0.5, 1.0), None, answer="B").add(curve(0.7, 1.0), 0, answer="A")
+    q = curve(0.8, 1.0)
+    fast = post.leaf_best(q)
+    slow = [(p, child.best()[1]) for p, _, child in post.branches(q)]
+    assert len(fast) == len(slow) == 3
+    for (pf, bf), (ps, bs) in zip(fast, slow, strict=True):
+        assert pf == pytest.approx(ps) and bf == pytest.approx(bs)
