@@ -71,13 +71,16 @@ class ScopeEngine:
             unreachable (decision marked degraded); ``"raise"`` fails fast.
         reserve_factor: reservations hold ``expected cost x reserve_factor`` (>= 1 leaves headroom for
             calls longer than expected).
-        write_behind: seconds a recorded outcome may wait before it is written (0, the default: ``record``
+        write_behind: seconds a recorded outcome may wait before it is written (default 0.5; 0: ``record``
             writes at once). Above 0, ``record`` settles the budget and returns; a background thread writes
-            what was recorded in one batch at most this long after the first outcome queued. Writing the
+            what was recorded in one batch at most this long after the first outcome queued, so a routed call's
+            outcome is visible to decisions up to that long after it is recorded (:meth:`flush` at once). Writing the
             outcome of a call costs one Chroma write (20-40 ms at 100k anchors), which the LangChain and
             LlamaIndex handlers otherwise pay in the call's own thread. :meth:`flush` writes at once;
             :meth:`close` (also run at interpreter exit, and on SIGTERM when the program has no handler of its
             own) writes what is left and stops the thread.
+        store_retry_s: after the store failed (down, or no answer within its timeout), decisions for this many
+            seconds skip it and degrade at once instead of each waiting out the timeout.
         unsent: a file for recorded outcomes still unwritten when the process exits (the store was down):
             the next engine over the same store replays it. ``"auto"``: one per store under
             ``$XDG_STATE_HOME/scope-router/unsent/`` (none for an in-memory store); None: such outcomes are
@@ -99,8 +102,9 @@ class ScopeEngine:
         on_no_fit: OnNoFit = "raise",
         on_store_down: str = "degrade",
         reserve_factor: float = 1.0,
-        write_behind: float = 0.0,
+        write_behind: float = 0.5,
         unsent: str | Path | None = "auto",
+        store_retry_s: float = 5.0,
     ) -> None:
         cards = list(models)
         if not cards:
@@ -122,6 +126,9 @@ class ScopeEngine:
             raise ConfigError(msg)
         if not reserve_factor >= 1.0:
             msg = f"reserve_factor must be >= 1, got {reserve_factor}"
+            raise ConfigError(msg)
+        if not 0.0 <= store_retry_s < math.inf:
+            msg = f"store_retry_s must be >= 0 seconds, got {store_retry_s}"
             raise ConfigError(msg)
         if not 0.0 <= write_behind < math.inf:
             msg = f"write_behind must be >= 0 seconds, got {write_behind}"
@@ -150,6 +157,8 @@ class ScopeEngine:
         self._recorder = Recorder(self._write, write_behind=write_behind, unsent=_unsent_path(unsent, store))
         self._last_stats: Mapping[str, ModelStats] | None = None
         self._fallback_warned_at = -math.inf
+        self.store_retry_s = store_retry_s
+        self._store_down: tuple[float, StoreUnavailableError] | None = None
         self._settled_blind: set[str] = set()  # models whose usage-less outcomes were settled (logged once)
 
     def __repr__(self) -> str:
@@ -258,6 +267,8 @@ class ScopeEngine:
             raise ConfigError(msg)
         reason = ""
         try:
+            if self._store_down is not None and time.monotonic() < self._store_down[0]:
+                raise self._store_down[1]  # failed moments ago: don't make every caller wait out a timeout
             stats: Mapping[str, ModelStats] = self._store.model_stats()
             if not stats:
                 self._store.require_anchors()  # says the store is empty
@@ -266,7 +277,10 @@ class ScopeEngine:
             vectors = self._store.embed([t[:MAX_QUERY_CHARS] for t in texts])
             anchors = self._store.query(vectors, k=self._retrieve_k(), fill=self._fill(), models=self.models)
             embeddings: list[Any] = list(vectors)
+            self._store_down = None
         except StoreUnavailableError as exc:
+            if self._store_down is None or self._store_down[1] is not exc:
+                self._store_down = (time.monotonic() + self.store_retry_s, exc)
             if self.on_store_down == "raise" or self._last_stats is None:
                 raise
             reason = f"anchor store unavailable ({exc}); estimated from each model's last known record"

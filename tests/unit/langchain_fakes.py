@@ -57,6 +57,7 @@ def anchor_outcomes() -> list[Outcome]:
 def make_engine(**kwargs: Any) -> ScopeEngine:
     store = AnchorStore(embedder=HashingEmbedder())
     store.add(anchor_outcomes(), progress=False)
+    kwargs.setdefault("write_behind", 0)  # outcomes written at once, so tests can read them back
     engine = ScopeEngine(store=store, models=CARDS, k=5, **kwargs)
     engine.wait_ready(timeout=30)
     return engine

@@ -65,7 +65,7 @@ def make_engine(*, budget: float | None = None, value_per_correct: float | None 
         models=CARDS,
         value_per_correct=value_per_correct,
         budget=Budget(limit=budget) if budget is not None else None,
-        **kw,  # type: ignore[arg-type]
+        **{"write_behind": 0, **kw},  # type: ignore[arg-type]  # outcomes written at once: tests read them back
     )
     engine.wait_ready(timeout=30)
     return engine
