@@ -28,10 +28,11 @@ from scope_shared.errors import (
     UnknownModelError,
 )
 from scope_shared.escalation import Escalation
-from scope_shared.estimators.anchors import AnchorStatsEstimator
+from scope_shared.estimators.anchors import AnchorStatsEstimator, Prior
 from scope_shared.estimators.base import Estimator, QueryContext, most_anchors
 from scope_shared.estimators.learned import LearnedEstimator
 from scope_shared.policy import OnNoFit, choose
+from scope_shared.priors import ModelPriors
 from scope_shared.recorder import Recorder
 from scope_shared.store import AnchorStore
 from scope_shared.types import Decision, Estimate, ModelCard, ModelStats, Outcome, RouteOptions
@@ -79,6 +80,10 @@ class ScopeEngine:
             LlamaIndex handlers otherwise pay in the call's own thread. :meth:`flush` writes at once;
             :meth:`close` (also run at interpreter exit, and on SIGTERM when the program has no handler of its
             own) writes what is left and stops the thread.
+        priors: for models with no recorded outcome yet (a new model not profiled), a
+            :class:`~scope_shared.estimators.Prior` (stated accuracy and length) or the name of a similar model
+            whose per-query estimate stands in; those estimates and decisions are marked degraded. Used until
+            the model has outcomes (:mod:`scope_shared.priors`).
         store_retry_s: after the store failed (down, or no answer within its timeout), decisions for this many
             seconds skip it and degrade at once instead of each waiting out the timeout.
         unsent: a file for recorded outcomes still unwritten when the process exits (the store was down):
@@ -105,6 +110,7 @@ class ScopeEngine:
         write_behind: float = 0.5,
         unsent: str | Path | None = "auto",
         store_retry_s: float = 5.0,
+        priors: Mapping[str, Prior | str] | None = None,
     ) -> None:
         cards = list(models)
         if not cards:
@@ -139,6 +145,7 @@ class ScopeEngine:
         self._defaults = RouteOptions.of(value_per_correct=value_per_correct, max_cost_per_call=max_cost_per_call)
         self._store = store
         self.models: dict[str, ModelCard] = {c.name: c for c in cards}
+        self._priors = ModelPriors(priors, self.models)
         self.estimator = estimator or LearnedEstimator(k=k)
         if fallback is None and not isinstance(self.estimator, AnchorStatsEstimator):
             fallback = AnchorStatsEstimator(k=k)
@@ -331,16 +338,17 @@ class ScopeEngine:
         """Estimates for every query and candidate; returns them and a degradation reason ('' if none)."""
         s = self._resolve(options)
         ctxs, reason = self.contexts(queries, input_tokens=input_tokens)
-        cards = [self.models[n] for n in s.candidates or ()]
+        plan = self._priors.plan(ctxs, [self.models[n] for n in s.candidates or ()])
         try:
-            rows = self.estimator.estimate(ctxs, cards)
+            rows = self.estimator.estimate(ctxs, plan.cards) if plan.cards else [{} for _ in ctxs]
         except EstimatorUnavailableError as exc:
-            rows = self._fallback_or_raise(exc).estimate(ctxs, cards)
-            return rows, _join(reason, f"estimator unavailable: {exc}")
+            rows = self._fallback_or_raise(exc).estimate(ctxs, plan.cards)
+            return plan.finish(ctxs, rows), _join(reason, f"estimator unavailable: {exc}")
+        rows = plan.finish(ctxs, rows)
         if self.escalation is None:
             return rows, reason
         try:
-            return self.escalation.apply(ctxs, rows, cards, s.value_per_correct), reason
+            return self.escalation.apply(ctxs, rows, plan.candidates, s.value_per_correct), reason
         except EstimatorUnavailableError as exc:
             logger.warning("escalation to %s unavailable (%s); first-stage estimates kept", self.escalation.name, exc)
             return rows, _join(reason, f"escalation unavailable: {exc}")
@@ -355,16 +363,17 @@ class ScopeEngine:
         """Async form of :meth:`estimate`."""
         s = self._resolve(options)
         ctxs, reason = await asyncio.to_thread(self.contexts, queries, input_tokens=input_tokens)
-        cards = [self.models[n] for n in s.candidates or ()]
+        plan = self._priors.plan(ctxs, [self.models[n] for n in s.candidates or ()])
         try:
-            rows = await self.estimator.aestimate(ctxs, cards)
+            rows = await self.estimator.aestimate(ctxs, plan.cards) if plan.cards else [{} for _ in ctxs]
         except EstimatorUnavailableError as exc:
-            rows = await self._fallback_or_raise(exc).aestimate(ctxs, cards)
-            return rows, _join(reason, f"estimator unavailable: {exc}")
+            rows = await self._fallback_or_raise(exc).aestimate(ctxs, plan.cards)
+            return plan.finish(ctxs, rows), _join(reason, f"estimator unavailable: {exc}")
+        rows = plan.finish(ctxs, rows)
         if self.escalation is None:
             return rows, reason
         try:
-            return await self.escalation.aapply(ctxs, rows, cards, s.value_per_correct), reason
+            return await self.escalation.aapply(ctxs, rows, plan.candidates, s.value_per_correct), reason
         except EstimatorUnavailableError as exc:
             logger.warning("escalation to %s unavailable (%s); first-stage estimates kept", self.escalation.name, exc)
             return rows, _join(reason, f"escalation unavailable: {exc}")
