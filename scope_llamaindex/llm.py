@@ -165,7 +165,8 @@ class ScopeLLM(FunctionCallingLLM):
 
     The response's ``additional_kwargs["scope"]`` holds ``call_id``, ``model``, ``decision`` (the decision's
     summary) and, once the call has finished, ``input_tokens``, ``output_tokens``, ``usage_reported`` and
-    ``cost`` (USD). A stream's chunks carry the first three; its last chunk gets the rest when it ends.
+    ``cost`` (USD), and for a tool call ``tool_calls`` (how many the chosen LLM asked for). A stream's chunks
+    carry the first three; its last chunk gets the rest when it ends.
     """
 
     engine: ScopeEngine = Field(exclude=True)
