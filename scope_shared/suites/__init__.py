@@ -6,6 +6,8 @@ response with a reference: ``choice``, ``number`` and ``exact`` follow the rules
 graded with; :class:`CallableGrader` and :class:`JudgeGrader` bring your own function or an LLM judge.
 """
 
+from scope_shared.suites.embedder import SuiteEmbedder
+from scope_shared.suites.files import DEFAULT_SUITE, load_suite, suite_from_csv
 from scope_shared.suites.graders import (
     GRADERS,
     CallableGrader,
@@ -16,15 +18,7 @@ from scope_shared.suites.graders import (
     NumberGrader,
     grader_named,
 )
-from scope_shared.suites.suite import (
-    DEFAULT_SUITE,
-    AnchorSuite,
-    ReferenceOutcome,
-    SuiteEmbedder,
-    SuiteQuestion,
-    load_suite,
-    suite_from_csv,
-)
+from scope_shared.suites.suite import AnchorSuite, ReferenceOutcome, SuiteQuestion
 
 __all__ = [
     "DEFAULT_SUITE",
