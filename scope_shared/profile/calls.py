@@ -110,7 +110,7 @@ def classify(exc: BaseException) -> ErrorKind:
 
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome is not None else None
-    logger.warning("model call failed (attempt %d): %s: %s; retrying", state.attempt_number, type(exc).__name__, exc)
+    logger.info("model call failed (attempt %d): %s: %s; retrying", state.attempt_number, type(exc).__name__, exc)
 
 
 class _Loop:
