@@ -209,7 +209,7 @@ class ProfileReport:
             f"{sum(e.output_tokens for e in self.entries):9d} {self.spent:10.6f} "
             f"{sum(e.seconds for e in self.entries):8.1f} {self.expected_cost:11.6f}"
         )
-        estimated = sum(1 for e in self.entries if e.usage != "reported")
+        estimated = sum(1 for e in self.recorded if e.usage != "reported")
         if estimated:
             rows.append(f"token counts estimated from text length for {estimated} call(s) (no usage reported)")
         if self.stopped:
