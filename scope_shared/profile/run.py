@@ -8,8 +8,9 @@ threads that only call the model:
 2. for each anchor, reserve its call's cost on the ledger (:mod:`scope_shared.profile.costs`); when it does not
    fit and nothing is in flight, stop at the cap;
 3. a worker calls the model (retrying transient errors, :mod:`scope_shared.profile.calls`);
-4. settle the real cost, grade the answer with the question's grader, and write every graded outcome that has
-   come in since the last write in one store write (group commit: nothing graded waits for a batch to fill).
+4. settle the real cost and grade the answer with the question's grader; a writer thread writes every graded
+   outcome that has come in since its last write in one store write (group commit: nothing graded waits for a
+   batch to fill, and calls go on while the store writes).
 
 Ctrl-C (SIGINT, in the main thread) stops issuing calls and waits for the calls in flight, records them, then
 raises ``KeyboardInterrupt``; a second Ctrl-C abandons the calls in flight. Either way every outcome graded
@@ -124,6 +125,59 @@ class _Done:
     seconds: float = 0.0
 
 
+class _Writer:
+    """Writes graded outcomes to the store in a thread of its own: each write takes every outcome graded since
+    the last one began (group commit), so calls go on while the store writes and nothing waits for a batch."""
+
+    def __init__(self, store: AnchorStore) -> None:
+        self._store = store
+        self._cond = threading.Condition()
+        self._pending: list[Outcome] = []
+        self._busy = False
+        self._closed = False
+        self.error: BaseException | None = None
+        self.writes = 0
+        self._thread = threading.Thread(target=self._run, name="scope-profile-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, outcome: Outcome) -> None:
+        with self._cond:
+            self._pending.append(outcome)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                batch, self._pending, self._busy = self._pending, [], True
+            try:
+                self._store.add(batch, batch_size=len(batch), progress=False)
+            except BaseException as exc:  # the run's thread raises it
+                with self._cond:
+                    self.error = self.error or exc
+                    self._busy, self._closed = False, True
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self.writes += 1
+                self._busy = False
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Write what is pending, then stop; raises the store's error, if a write failed."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            while (self._pending or self._busy) and self.error is None:
+                self._cond.wait(_POLL)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 class _Run:
     """One profiling run's state; :meth:`go` runs it. Everything but :meth:`_work` runs in the calling thread."""
 
@@ -152,7 +206,7 @@ class _Run:
         self.jobs: queue.Queue[str | None] = queue.Queue()
         self.results: queue.Queue[_Done] = queue.Queue()
         self.in_flight: dict[str, Reservation | None] = {}
-        self.unwritten: list[Outcome] = []
+        self.writer = _Writer(store)
         self.stop = stop
         self.interrupts = 0
         self.fatal: BaseException | None = None
@@ -250,7 +304,7 @@ class _Run:
         self.report.entries.append(entry)
         q = self.suite[done.query_id]
         new = anchor_id(q.query) in self.new_anchor and not self.report.templated
-        self.unwritten.append(
+        self.writer.put(
             Outcome(
                 query=q.query,
                 model=self.model.name,
@@ -284,12 +338,6 @@ class _Run:
         if self.fatal is None:
             self.fatal = exc
             self._stop_because(f"calling {self.model.name} failed: {what}")
-
-    def _write(self) -> None:
-        if self.unwritten:
-            batch = self.unwritten
-            self.store.add(batch, batch_size=len(batch), progress=False)
-            self.unwritten = []
 
     def _abandon(self) -> None:
         if self.ledger is not None:
@@ -342,14 +390,16 @@ class _Run:
                 for done in batch:
                     if done.query_id in self.in_flight:  # not abandoned meanwhile
                         self._handle(done)
-                self._write()
+                if self.writer.error is not None:
+                    break
                 if bar is not None:
                     bar.update(len(batch))
         except BaseException:
             self._abandon()
             raise
         finally:
-            self._write()
+            self._abandon()  # nothing is left in flight but after an error
+            self.writer.close()
         if self.interrupts:
             raise KeyboardInterrupt
         if self.fatal is not None:

@@ -304,6 +304,7 @@ def test_a_refused_anchor_is_reported_and_the_run_goes_on(suite: AnchorSuite, st
     assert [(e.query_id, e.correct, e.error) for e in failed] == [("q5", None, "HTTPError: HTTP 400")]
     assert len(stored(store, suite)) == 11 and "q5" not in stored(store, suite)
     assert not report.complete and report.tasks()["pick"].failed == 1
+    assert "estimated" not in "\n".join(report.lines())  # the refused anchor has no usage to estimate
 
 
 def test_keyboard_interrupt_in_a_call_records_the_rest_then_resumes(suite: AnchorSuite, store: AnchorStore) -> None:
@@ -467,3 +468,30 @@ def test_report_json_is_written_whole(tmp_path: Any, suite: AnchorSuite, store: 
     }
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]
     assert isinstance(report, ProfileReport)
+
+
+def test_a_failed_store_write_stops_the_run(suite: AnchorSuite) -> None:
+    from scope_shared.errors import StoreUnavailableError
+
+    class FlakyStore(AnchorStore):
+        writes = 0
+
+        def add(self, outcomes: Any, **kwargs: Any) -> Any:
+            if any(getattr(o, "model", None) == CARD.name for o in outcomes):
+                FlakyStore.writes += 1
+                if FlakyStore.writes > 1:
+                    raise StoreUnavailableError("chroma went away")
+            return super().add(outcomes, **kwargs)
+
+    store = FlakyStore(embedder=HashingEmbedder())
+    seed_store(store, suite)
+    ledger = BudgetLedger(Budget(100.0))
+
+    def slow(prompt: str) -> tuple[str, Any]:
+        time.sleep(0.02)
+        return "(B)", (1, 1)
+
+    with pytest.raises(StoreUnavailableError, match="chroma went away"):
+        profile(store, model=CARD, call=slow, suite=suite, n=None, concurrency=2, max_cost=ledger, progress=False)
+    assert ledger.held == 0
+    assert 1 <= len(stored(store, suite)) < 12
