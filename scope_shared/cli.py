@@ -180,6 +180,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         msg = "--base-url is required (the OpenAI-compatible endpoint serving the model), except with --dry-run"
         raise ConfigError(msg)
     system, template = _template(args.template)
+    if system and template is None:  # a system message changes the setup: the report says templated
+        template = "{prompt}"
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
