@@ -15,9 +15,11 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
+from scope_langchain._redact import describe
 from scope_shared import BudgetExceededError, ConfigError, Decision, RouteOptions, ScopeEngine
 
 logger = logging.getLogger(__name__)
@@ -65,10 +67,9 @@ class Failure:
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     logger.warning(
-        "transient error from the chosen model (attempt %d): %s: %s; retrying",
+        "transient error from the chosen model (attempt %d): %s; retrying",
         state.attempt_number,
-        type(exc).__name__,
-        exc,
+        describe(exc) if exc is not None else "no exception",
     )
 
 
@@ -93,7 +94,9 @@ class Recovery:
         """Keyword arguments of tenacity's ``Retrying`` / ``AsyncRetrying``."""
         return {
             "stop": stop_after_attempt(self.retries + 1),
-            "wait": wait_exponential_jitter(initial=self.retry_wait, max=self.retry_wait * 16, jitter=self.retry_wait),
+            # retry_wait * 2**(attempt - 1), at most 16 * retry_wait, plus up to retry_wait of jitter
+            "wait": wait_exponential(multiplier=self.retry_wait, max=self.retry_wait * 16)
+            + wait_random(0, self.retry_wait),
             "retry": retry_if_exception(self.retry_if),
             "reraise": True,
             "before_sleep": _log_retry,
@@ -132,7 +135,7 @@ class Recovery:
         if not isinstance(exc, Exception):  # cancelled, interrupted: stop at once
             raise exc
         failures.append(Failure(decision.model, exc))
-        logger.warning("routed model %s failed: %s: %s", decision.model, type(exc).__name__, exc)
+        logger.warning("routed model %s failed: %s", decision.model, describe(exc))
         nxt = self._fallback(settings, decision, exc, failures)
         if nxt is None:
             first = failures[0].error

@@ -39,14 +39,19 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
     text; see :func:`~scope_langchain.last_question`), calls the chosen model with the whole conversation,
     and returns its message with the decision in ``response_metadata["scope"]``: the chosen model, every
     candidate's ``p_correct``, expected output tokens, expected cost and utility, the degraded flag and
-    reason, the chosen model's ``run_id``, the models that ``failed`` before it and the ``actual_cost`` when
-    the model reported ``usage_metadata``. With a budget, the reservation is settled with that real cost
-    (at the expected cost, with a warning, when the model reports no usage).
+    reason, the chosen model's ``run_id``, the models that ``failed`` before it (with their errors, credentials
+    masked) and the ``actual_cost`` when the model reported ``usage_metadata``; ``response_metadata
+    ["model_name"]`` is the chosen model. With a budget, the reservation is settled with that real cost (at
+    the expected cost, with a warning, when the model reports no usage). A model that does not stream natively
+    streams its whole answer as one chunk.
 
     Per call, ``config["configurable"]`` may set ``value_per_correct`` (USD a correct answer is worth;
     ``None`` = accuracy only), ``max_cost_per_call`` (USD), ``force_model`` and ``candidates`` (a subset of
     the models), e.g. ``router.with_config(configurable={"value_per_correct": 0.01})``. The same fields
-    can be exposed under ids of your choice with ``router.configurable_fields(...)``.
+    can be exposed under ids of your choice with ``router.configurable_fields(...)``. Other call keyword
+    arguments (``stop``, ``temperature``, ...) are passed to the chosen model, except ``model=``: it must name
+    one of the models and forces it (the router books and bills the model it calls, so it never passes
+    ``model=`` on).
 
     If the chosen model raises before producing output, transient errors (:func:`is_transient`) are retried
     on it (``retries`` times, exponential backoff from ``retry_wait`` seconds, via tenacity); then the next
@@ -72,6 +77,8 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         max_fallbacks: other models tried after the chosen one fails.
         fallback_on: exception types that trigger a fallback.
         retry_if: predicate for transient errors (default :func:`is_transient`).
+
+    Any other argument is a :class:`~scope_shared.ConfigError` that says where the setting belongs.
     """
 
     def __repr__(self) -> str:
@@ -133,7 +140,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         **kwargs: Any,
     ) -> BaseMessage:
         d = self._dispatcher()
-        p = d.prepare(value, config.get("configurable"))
+        p = d.prepare(value, config.get("configurable"), kwargs.pop("model", None))
         return call(d, p, d.decide(p), config, kwargs)
 
     async def ainvoke(
@@ -149,7 +156,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         **kwargs: Any,
     ) -> BaseMessage:
         d = self._dispatcher()
-        p = d.prepare(value, config.get("configurable"))
+        p = d.prepare(value, config.get("configurable"), kwargs.pop("model", None))
         return await acall(d, p, await d.adecide(p), config, kwargs)
 
     # -- batch -----------------------------------------------------------------------------------
@@ -176,7 +183,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         **kwargs: Any,
     ) -> list[Exception | BaseMessage]:
         d = self._dispatcher()
-        prepared = d.prepare_batch(inputs, config)
+        prepared = d.prepare_batch(inputs, config, kwargs.pop("model", None))
         todo = ready(prepared, d.decide_batch(prepared))
 
         def one(i: int) -> Exception | BaseMessage:
@@ -209,7 +216,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         **kwargs: Any,
     ) -> list[Exception | BaseMessage]:
         d = self._dispatcher()
-        prepared = d.prepare_batch(inputs, config)
+        prepared = d.prepare_batch(inputs, config, kwargs.pop("model", None))
         todo = ready(prepared, await d.adecide_batch(prepared))
 
         async def one(i: int) -> Exception | BaseMessage:
@@ -236,7 +243,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
     ) -> Iterator[BaseMessage]:
         value = _last(inputs)
         d = self._dispatcher()
-        p = d.prepare(value, config.get("configurable"))
+        p = d.prepare(value, config.get("configurable"), kwargs.pop("model", None))
         yield from stream(d, p, d.decide(p), config, kwargs)
 
     async def astream(
@@ -261,7 +268,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         async for value in inputs:  # noqa: B007 - the last input is the one routed
             pass
         d = self._dispatcher()
-        p = d.prepare(value, config.get("configurable"))
+        p = d.prepare(value, config.get("configurable"), kwargs.pop("model", None))
         async for chunk in astream(d, p, await d.adecide(p), config, kwargs):
             yield chunk
 
