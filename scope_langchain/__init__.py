@@ -10,12 +10,12 @@ Needs the ``[langchain]`` extra (``langchain-core``).
 """
 
 from scope_langchain._messages import last_question
-from scope_langchain._retry import is_transient
 from scope_langchain.callbacks import Grader, ScopeOutcomeHandler
 from scope_langchain.chat_model import ScopeChatModel
 from scope_langchain.profile import profile_call
 from scope_langchain.replay import ReplayChatModel, ReplayMissError
 from scope_langchain.router import ScopeRoute, ScopeRouter
+from scope_shared.transient import is_transient
 
 __all__ = [
     "Grader",

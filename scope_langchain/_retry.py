@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import httpx
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -25,36 +24,6 @@ from scope_shared import BudgetExceededError, ConfigError, Decision, RouteOption
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-_TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
-_TRANSIENT_NAMES = (
-    "RateLimit",
-    "APIConnection",
-    "APITimeout",
-    "Timeout",
-    "ServiceUnavailable",
-    "InternalServerError",
-    "Overloaded",
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether an error is worth retrying on the same model: timeouts, connection errors, HTTP 408/429/5xx.
-
-    Recognises builtin and httpx transport errors, any error carrying such a ``status_code`` (or a
-    ``response.status_code``), and provider errors named like ``RateLimitError`` or ``APITimeoutError``
-    without importing the provider SDKs.
-    """
-    if isinstance(exc, TimeoutError | ConnectionError | httpx.TransportError):
-        return True
-    status = getattr(exc, "status_code", None)
-    if status is None:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-    if isinstance(status, int) and status in _TRANSIENT_STATUS:
-        return True
-    name = type(exc).__name__
-    return any(part in name for part in _TRANSIENT_NAMES)
-
 
 @dataclass(frozen=True, slots=True)
 class Failure:

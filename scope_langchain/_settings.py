@@ -11,8 +11,8 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable
 from pydantic import BaseModel, ConfigDict
 
-from scope_langchain._retry import is_transient
 from scope_shared import ConfigError, RouteOptions, ScopeEngine, UnknownModelError
+from scope_shared.transient import is_transient
 
 #: Keys of ``config["configurable"]`` read on every call.
 CONFIG_KEYS = ("value_per_correct", "max_cost_per_call", "force_model", "candidates")

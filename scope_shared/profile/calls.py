@@ -16,17 +16,18 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
-import httpx
 from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception,
     stop_after_attempt,
     stop_when_event_set,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from scope_shared.feedback import reported_tokens
+from scope_shared.transient import is_transient, status_of
 
 __all__ = ["Call", "CallResult", "ErrorKind", "Usage", "as_usage", "classify", "is_transient"]
 
@@ -38,18 +39,7 @@ Call = Callable[[str], "CallResult | str | Awaitable[CallResult | str]"]
 
 ErrorKind = Literal["transient", "anchor", "fatal"]
 
-_TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 _FATAL_STATUS = frozenset({401, 402, 403, 404, 405})
-_TRANSIENT_NAMES = (
-    "RateLimit",
-    "APIConnection",
-    "APITimeout",
-    "Timeout",
-    "ServiceUnavailable",
-    "InternalServerError",
-    "Overloaded",
-    "MalformedResponse",
-)
 
 
 class Usage(NamedTuple):
@@ -70,29 +60,6 @@ def as_usage(value: Any) -> Usage:
     return Usage(*reported_tokens(value if isinstance(value, Mapping) else value))
 
 
-def _status(exc: BaseException) -> int | None:
-    status = getattr(exc, "status_code", None)
-    if status is None:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-    return status if isinstance(status, int) else None
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether an error is worth retrying: timeouts, connection errors, HTTP 408/409/425/429/5xx.
-
-    Recognises builtin and httpx transport errors, any error carrying such a ``status_code`` (or a
-    ``response.status_code``), and provider errors named like ``RateLimitError`` or ``APITimeoutError``
-    without importing the provider SDKs.
-    """
-    if isinstance(exc, TimeoutError | ConnectionError | httpx.TransportError):
-        return True
-    status = _status(exc)
-    if status is not None:
-        return status in _TRANSIENT_STATUS
-    name = type(exc).__name__
-    return any(part in name for part in _TRANSIENT_NAMES)
-
-
 def classify(exc: BaseException) -> ErrorKind:
     """What a failed call means for the run.
 
@@ -102,7 +69,7 @@ def classify(exc: BaseException) -> ErrorKind:
     """
     if is_transient(exc):
         return "transient"
-    status = _status(exc)
+    status = status_of(exc)
     if status is not None and 400 <= status < 500 and status not in _FATAL_STATUS:
         return "anchor"
     return "fatal"
@@ -154,7 +121,7 @@ class Caller:
         self._loop = _Loop()
         self._retrying = Retrying(
             stop=stop_after_attempt(retries + 1) | stop_when_event_set(stop),
-            wait=wait_exponential_jitter(initial=backoff, max=backoff * 32, jitter=backoff),
+            wait=wait_exponential(multiplier=backoff, max=backoff * 32) + wait_random(0, backoff),
             retry=retry_if_exception(is_transient),
             reraise=True,
             before_sleep=_log_retry,
