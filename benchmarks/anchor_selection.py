@@ -242,38 +242,73 @@ def spread(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def _runs(res: Mapping[str, Any], n: int, select: str) -> list[dict[str, Any]]:
+    return [r for r in res["runs"] if r["n"] == n and r["select"] == select]
+
+
 def tables(results: Mapping[str, Any]) -> list[str]:
+    """The markdown tables of a run's (or a saved run's) results."""
     lines = [
-        "| dataset | held-out model | N | selection | AUROC | gap to all | share | anchor acc error | AIQ |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Per held-out model: mean ± standard deviation over seeds. AUROC = within model on the test split; "
+        "gap = AUROC with all anchors minus the mean; w/o own = the same estimates with the model's own "
+        "outcomes removed from each query's retrieved anchors; own/q = its outcomes among a query's 30 retrieved "
+        "anchors; share = mean share of the router's picks over the value sweep; acc error = |its accuracy on "
+        "its anchors (the estimator's `model` feature) - its accuracy on the test split|.",
+        "",
+        "| dataset | held-out model | N | selection | AUROC | gap | w/o own | own/q | share | acc error |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     meets: dict[tuple[str, int], list[bool]] = defaultdict(list)
     for ds, res in results.items():
+        if "all" not in res:
+            continue
         full = res["all"]
         for m in res["held"]:
             a_all = full["models"][m]["auroc"]
             truth = res["test_accuracy"][m]
+            f = full["models"][m]
             lines.append(
-                f"| {ds} | {m} | all | - | {fmt(a_all)} | - | {fmt(full['models'][m]['share'])} | "
-                f"{fmt(abs(full['models'][m]['anchor_accuracy'] - truth))} | {fmt(full['aiq'])} |"
+                f"| {ds} | {m} | all | - | {fmt(a_all)} | - | {fmt(f.get('auroc_without_own_neighbours'))} | "
+                f"{fmt(f.get('own_neighbours_per_query'), 1)} | {fmt(f['share'])} | "
+                f"{fmt(abs(f['anchor_accuracy'] - truth))} |"
             )
             for n in res["sizes"]:
                 for select in res["selects"]:
-                    runs = [r for r in res["runs"] if r["n"] == n and r["select"] == select]
-                    au = [r["models"][m]["auroc"] for r in runs if r["models"][m]["auroc"] is not None]
+                    runs = [r["models"][m] for r in _runs(res, n, select)]
+                    au = [r["auroc"] for r in runs if r["auroc"] is not None]
                     gap = a_all - statistics.mean(au) if au and a_all is not None else None
-                    if gap is not None and select != "random":
+                    if gap is not None:
                         meets[(select, n)].append(gap <= (0.01 if n >= 50 else 0.02))
+                    without = [r["auroc_without_own_neighbours"] for r in runs if r["auroc_without_own_neighbours"]]
                     lines.append(
-                        f"| {ds} | {m} | {n} | {select} | {spread(au)} | {fmt(gap)} | "
-                        f"{spread([r['models'][m]['share'] for r in runs])} | "
-                        f"{spread([abs(r['models'][m]['anchor_accuracy'] - truth) for r in runs])} | "
-                        f"{spread([r['aiq'] for r in runs])} |"
+                        f"| {ds} | {m} | {n} | {select} | {spread(au)} | {fmt(gap)} | {spread(without)} | "
+                        f"{statistics.mean(r['own_neighbours_per_query'] for r in runs):.1f} | "
+                        f"{spread([r['share'] for r in runs])} | "
+                        f"{spread([abs(r['anchor_accuracy'] - truth) for r in runs])} |"
                     )
     lines += ["", "Models within the goal (mean AUROC over seeds within 0.01 of all anchors at N >= 50, 0.02 at N=25):"]
     lines += [f"- {sel} N={n}: {sum(v)} of {len(v)}" for (sel, n), v in sorted(meets.items())]
-    lines += ["", "| dataset | selection | N | mean abs accuracy error (every model new in turn) | RMSE | runs |"]
+    lines += ["", "Routing with the held-out models in the pool (mean ± sd over seeds):", ""]
+    lines += ["| dataset | N | selection | AIQ | router max accuracy | AUROC within model, all models |"]
     lines += ["| --- | --- | --- | --- | --- | --- |"]
+    for ds, res in results.items():
+        if "all" not in res:
+            continue
+        full = res["all"]
+        lines.append(
+            f"| {ds} | all | - | {fmt(full['aiq'])} | {fmt(full['router_max_accuracy'])} | "
+            f"{fmt(full['auroc_within_model_all_models'])} |"
+        )
+        for n in res["sizes"]:
+            for select in res["selects"]:
+                runs = _runs(res, n, select)
+                lines.append(
+                    f"| {ds} | {n} | {select} | {spread([r['aiq'] for r in runs])} | "
+                    f"{spread([r['router_max_accuracy'] for r in runs])} | "
+                    f"{spread([r['auroc_within_model_all_models'] for r in runs])} |"
+                )
+    lines += ["", "Accuracy on the selected anchors against accuracy on all candidates, models in turn new:", ""]
+    lines += ["| dataset | selection | N | mean abs error | RMSE | runs |", "| --- | --- | --- | --- | --- | --- |"]
     for ds, res in results.items():
         for key, v in res.get("loo", {}).items():
             select, n = key.split("/")
@@ -282,7 +317,14 @@ def tables(results: Mapping[str, Any]) -> list[str]:
 
 
 def run_dataset(
-    folder: Path, emb: VectorCache, sizes: Sequence[int], seeds: int, selects: Sequence[str], loo: bool
+    folder: Path,
+    emb: VectorCache,
+    sizes: Sequence[int],
+    seeds: int,
+    selects: Sequence[str],
+    *,
+    loo: bool = True,
+    replays: bool = True,
 ) -> dict[str, Any]:
     data = Dataset.load(folder)
     res: dict[str, Any] = {
@@ -292,11 +334,14 @@ def run_dataset(
         "test_accuracy": {m: data.test_accuracy(m) for m in data.held},
         "runs": [],
     }
-    log(f"{data.name}: all anchors")
-    res["all"] = replay(data, emb, None, "all", 0)
-    log(f"{data.name}: all anchors: " + ", ".join(f"{m}={fmt(v['auroc'])}" for m, v in res["all"]["models"].items()))
-    emb.save()
-    for n in sizes:
+    if replays:
+        log(f"{data.name}: all anchors")
+        res["all"] = replay(data, emb, None, "all", 0)
+        log(
+            f"{data.name}: all anchors: " + ", ".join(f"{m}={fmt(v['auroc'])}" for m, v in res["all"]["models"].items())
+        )
+        emb.save()
+    for n in sizes if replays else ():
         for select in selects:
             for seed in range(seeds):
                 t0 = time.perf_counter()
@@ -320,17 +365,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--selects", default="random,informative", help="random, informative or strategy names")
     p.add_argument("--no-loo", action="store_true", help="skip the every-model-new accuracy error table")
+    p.add_argument("--loo-only", action="store_true", help="only the every-model-new table (no replay)")
     p.add_argument("--embedder", default="minilm")
     p.add_argument("--vectors", help="load and save embedding vectors here (.npz), e.g. out/vectors.npz")
     p.add_argument("--json", default="out/anchor_selection.json")
     p.add_argument("--out", help="also write the markdown here")
+    p.add_argument("--render", help="print the tables of a saved --json file instead of running")
     args = p.parse_args(argv)
+    if args.render:
+        return emit(tables(json.loads(Path(args.render).read_text())), args.out)
     emb = VectorCache(embedder_named(args.embedder), Path(args.vectors) if args.vectors else None)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     selects = [s for s in args.selects.split(",") if s]
     results: dict[str, Any] = {}
     for ds in [d for d in args.datasets.split(",") if d]:
-        results[ds] = run_dataset(Path(args.data) / ds, emb, sizes, args.seeds, selects, not args.no_loo)
+        results[ds] = run_dataset(
+            Path(args.data) / ds, emb, sizes, args.seeds, selects, loo=not args.no_loo, replays=not args.loo_only
+        )
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2))
     emb.save()

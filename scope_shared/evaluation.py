@@ -341,7 +341,7 @@ def evaluate(
         "timing_s": {"load": round(t_load, 2), "estimate": round(t_est, 2)},
     }
     if holdout_models:
-        report["holdout"] = _holdout_report(kept, holdout_seed, estimation, routing)
+        report["holdout"] = _holdout_report(kept, holdout_seed, estimation, routing) | {"select": holdout_select}
     return report
 
 

@@ -180,7 +180,7 @@ def test_evaluate_holdout_select_informative_keeps_n_anchors() -> None:
         holdout_select="informative",
     )
     assert store.model_stats(refresh=True)["small"].n == 8 and store.model_stats()["big"].n == 50
-    assert rep["holdout"]["anchors_kept"] == {"small": 8}
+    assert rep["holdout"]["anchors_kept"] == {"small": 8} and rep["holdout"]["select"] == "informative"
     store2 = AnchorStore(embedder=HashingEmbedder())
     evaluate(anchors, test, WORLD_CARDS, store=store2, holdout_models=["small"], holdout_anchors=8)
     informative = {r.question for r in store.export()[0] if "small" in r.outcomes}
