@@ -151,7 +151,8 @@ def _systematic(order: IntArray, weights: FloatArray, n: int, rng: np.random.Gen
     pos = np.minimum(pos, len(order) - 1)
     chosen = list(dict.fromkeys(pos.tolist()))
     if len(chosen) < n:  # heavy items hit twice: fill with their unused neighbours in the order
-        free = [i for i in range(len(order)) if i not in set(chosen)]
+        taken = set(chosen)
+        free = [i for i in range(len(order)) if i not in taken]
         extra = sorted(free, key=lambda i: min(abs(i - c) for c in chosen))[: n - len(chosen)]
         chosen.extend(extra)
     out: IntArray = order[np.asarray(sorted(chosen), dtype=np.int64)]
@@ -233,16 +234,14 @@ def _neighbour_lists(x: FloatArray, k: int, chunk: int = 2048) -> IntArray:
     return out
 
 
-def _coverage(
-    nbrs: IntArray, n: int, rng: np.random.Generator, *, cap: int = 3, allowed: npt.NDArray[np.bool_] | None = None
-) -> IntArray:
+def _coverage(nbrs: IntArray, n: int, rng: np.random.Generator, *, cap: int = 3) -> IntArray:
     """Greedy: each step adds the anchor that appears in the most neighbour lists still short of ``cap``
     chosen anchors (ties at random), so that every candidate has a few chosen anchors among its neighbours."""
     m = len(nbrs)
     rows = np.repeat(np.arange(m), nbrs.shape[1])
     hits = np.zeros(m)
     chosen: list[int] = []
-    free = np.ones(m, dtype=bool) if allowed is None else allowed.copy()
+    free = np.ones(m, dtype=bool)
     tie = rng.random(m) * 1e-6
     for _ in range(n):
         short = (hits < cap).astype(np.float64)
