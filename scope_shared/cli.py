@@ -350,6 +350,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         holdout_models=[m.strip() for m in args.holdout_models.split(",") if m.strip()],
         holdout_anchors=args.holdout_anchors,
         holdout_seed=args.holdout_seed,
+        holdout_select=args.holdout_select,
     )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -515,6 +516,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--holdout-anchors", type=int, default=50, help="anchors each held-out model keeps")
     sp.add_argument("--holdout-seed", type=int, default=0, help="seed of the anchors held-out models keep")
+    sp.add_argument(
+        "--holdout-select",
+        default="random",
+        choices=["random", "informative"],
+        help="how held-out models' anchors are chosen: random, or informative (docs/anchor_selection.md)",
+    )
     sp.set_defaults(fn=cmd_evaluate)
 
     sp = sub.add_parser("store", help="compare the running totals with a full scan (check), or recount them (repair)")

@@ -14,7 +14,6 @@ A callable with the selector's signature is used as it is.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy.typing as npt
 
 from scope_shared.errors import ConfigError
 from scope_shared.suites import AnchorSuite
+from scope_shared.suites.selection import select_anchors
 
 __all__ = ["SELECTIONS", "Selector", "choose_anchors", "outcome_matrix"]
 
@@ -31,7 +31,6 @@ Selector = Callable[
 ]
 
 SELECTIONS = ("random", "informative", "all")
-_INFORMATIVE = "scope_shared.suites.selection"
 
 
 def _random(ids: Sequence[str], embeddings: Any, outcomes: Any, n: int, seed: int) -> list[str]:
@@ -43,17 +42,11 @@ def _all(ids: Sequence[str], embeddings: Any, outcomes: Any, n: int, seed: int) 
     return list(ids)
 
 
-def _informative() -> Selector:
-    try:
-        module = importlib.import_module(_INFORMATIVE)
-    except ImportError:
-        msg = (
-            f"select='informative' needs {_INFORMATIVE}.select_anchors, which this version does not have yet; "
-            "use select='random' or 'all', or pass your own selector function"
-        )
-        raise ConfigError(msg) from None
-    fn: Selector = module.select_anchors
-    return fn
+def _informative(ids: Sequence[str], embeddings: Any, outcomes: Any, n: int, seed: int) -> list[str]:
+    if embeddings is None:
+        msg = "select='informative' needs the suite's vectors (suite.with_vectors()); use select='random' without them"
+        raise ConfigError(msg)
+    return select_anchors(ids, embeddings, outcomes, n=n, seed=seed)
 
 
 def outcome_matrix(suite: AnchorSuite) -> npt.NDArray[np.float64]:
@@ -89,7 +82,7 @@ def choose_anchors(suite: AnchorSuite, *, n: int | None, select: str | Selector,
     elif select == "all":
         return ids
     elif select == "informative":
-        selector = _informative()
+        selector = _informative
     else:
         msg = f"unknown selection {select!r}; choose one of {list(SELECTIONS)} or pass a selector function"
         raise ConfigError(msg)

@@ -13,7 +13,6 @@ import threading
 import time
 import types
 from collections import Counter
-from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -356,31 +355,16 @@ def test_random_choice_is_seeded_and_extends(suite: AnchorSuite) -> None:
     assert choose_anchors(suite, n=3, select="all", seed=0) == suite.ids
 
 
-@pytest.fixture
-def selection_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Any, ...]]]:
-    calls: list[tuple[Any, ...]] = []
-
-    def select_anchors(ids: Sequence[str], embeddings: Any, outcomes: Any, n: int, seed: int) -> list[str]:
-        calls.append((list(ids), embeddings, outcomes, n, seed))
-        return list(reversed(ids))[:n]
-
-    module = types.ModuleType("scope_shared.suites.selection")
-    module.select_anchors = select_anchors  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "scope_shared.suites.selection", module)
-    yield calls
+def test_informative_selects_with_the_suites_vectors(suite: AnchorSuite) -> None:
+    with_vectors = suite.with_vectors(HashingEmbedder())
+    chosen = choose_anchors(with_vectors, n=4, select="informative", seed=7)
+    assert len(set(chosen)) == 4 and set(chosen) <= set(suite.ids)
+    assert chosen == choose_anchors(with_vectors, n=4, select="informative", seed=7)  # deterministic per seed
 
 
-def test_informative_calls_the_selection_seam(suite: AnchorSuite, selection_module: list[tuple[Any, ...]]) -> None:
-    chosen = choose_anchors(suite, n=4, select="informative", seed=7)
-    assert chosen == ["q11", "q10", "q9", "q8"]
-    ids, embeddings, outcomes, n, seed = selection_module[0]
-    assert ids == suite.ids and embeddings is None and (n, seed) == (4, 7)
-    assert outcomes.shape == (12, 2) and outcomes[3].tolist() == [1.0, 1.0] and outcomes[4].tolist() == [1.0, 0.0]
-
-
-def test_informative_without_the_selection_module_says_so(monkeypatch: pytest.MonkeyPatch, suite: AnchorSuite) -> None:
-    monkeypatch.setitem(sys.modules, "scope_shared.suites.selection", None)  # import fails
-    with pytest.raises(ConfigError, match="select='informative' needs scope_shared.suites.selection"):
+def test_informative_without_vectors_says_so(suite: AnchorSuite) -> None:
+    assert suite.vectors is None
+    with pytest.raises(ConfigError, match="select='informative' needs the suite's vectors"):
         choose_anchors(suite, n=4, select="informative", seed=0)
 
 
