@@ -579,3 +579,27 @@ def test_a_store_down_at_construction_is_retried_by_a_later_prediction_not_every
     assert engine.route(q, options={"reserve": False}).degraded  # this prediction starts the retry; it does not wait for it
     assert est.wait_ready(timeout=30) and len(attempts) == 2
     assert engine.route(q, options={"reserve": False}).estimate.estimator == "learned"
+
+
+@pytest.mark.parametrize(("coverage", "same"), [(0.2, True), (0.0, False)])
+def test_a_sparsely_profiled_model_is_not_estimated_from_its_few_own_neighbours(coverage: float, same: bool) -> None:
+    """fresh answered 2 of 20 anchors (10%): right on a sum and wrong on a poem, or the other way round. Its
+    overall accuracy is 0.5 either way; below min_own_coverage the nearest of the two does not move it."""
+    estimates = []
+    for math_right in (1.0, 0.0):
+        store = AnchorStore(embedder=HashingEmbedder())
+        store.add(sample_outcomes())
+        store.add([
+            Outcome(query=MATH[0], model="fresh", correct=math_right, output_tokens=5),
+            Outcome(query=POEMS[0], model="fresh", correct=1.0 - math_right, output_tokens=5),
+        ])
+        cards = [*CARDS, ModelCard(name="fresh", input_per_mtok=1.0, output_per_mtok=1.0)]
+        engine = ScopeEngine(store=store, models=cards, estimator=LearnedEstimator(min_own_coverage=coverage))
+        assert engine.wait_ready(timeout=30)
+        estimates.append(engine.route("what is 0 plus 2 in arithmetic").estimates["fresh"].p_correct)
+    assert (estimates[0] == pytest.approx(estimates[1])) is same
+
+
+def test_min_own_coverage_is_a_share() -> None:
+    with pytest.raises(ConfigError, match="min_own_coverage"):
+        LearnedEstimator(min_own_coverage=1.5)

@@ -63,6 +63,11 @@ class LearnedEstimator(Estimator):
             neighbours searched within the sample), so a fit reads a bounded amount whatever the store's size.
         persist: save each fit with the store (:meth:`AnchorStore.save_state`) and, before fitting, load the
             one saved there: a fitted store opens ready in every process, and only growth refits.
+        min_own_coverage: a model with outcomes on fewer than this share of the anchors (a new model profiled on
+            a few dozen) is estimated without its own outcomes among the query's neighbours: there are one or
+            two at most, far noisier than the ~``k`` every model had when the weights were fitted, so its overall
+            accuracy (which a representative profiling selection estimates well) stands in; the difficulty and
+            text features still come from every other model. Measured in docs/anchor_selection.md.
         fit_retry_s: after the background load or fit of an unfitted estimator fails (e.g. the store is
             down), a prediction starts another attempt once this many seconds have passed; the wait doubles
             with each failure in a row, up to 10 minutes.
@@ -88,6 +93,7 @@ class LearnedEstimator(Estimator):
         seed: int = 0,
         max_store_anchors: int = 10_000,
         persist: bool = True,
+        min_own_coverage: float = 0.1,
         fit_retry_s: float = 10.0,
     ) -> None:
         if k < 1:
@@ -123,6 +129,10 @@ class LearnedEstimator(Estimator):
         self.evidence = evidence
         self.tail_chars = tail_chars
         self.exact_weight = exact_weight
+        if not 0.0 <= min_own_coverage <= 1.0:
+            msg = f"min_own_coverage must be in [0, 1], got {min_own_coverage}"
+            raise ConfigError(msg)
+        self.min_own_coverage = min_own_coverage
         self.seed = seed
         self.max_store_anchors = max_store_anchors
         self.persist = persist
@@ -379,4 +389,5 @@ class LearnedEstimator(Estimator):
             prior=self.prior,
             exact_weight=self.exact_weight,
             evidence=self.evidence,
+            min_own_coverage=self.min_own_coverage,
         )
