@@ -74,7 +74,8 @@ class StoreUnavailableError(ScopeError, ConnectionError):
 
 class StoreAccessError(StoreUnavailableError):
     """The Chroma server (or the proxy in front of it) was reached but refused us: the TLS handshake failed
-    (certificate not verified) or the credentials were refused (HTTP 401/403).
+    (certificate not verified) or the credentials were refused (HTTP 401/403); or an embedded store's directory
+    is read-only.
 
     A :class:`StoreUnavailableError`, so a running engine routes degraded and keeps recorded outcomes for
     retry, as for an outage; a new engine or the CLI fails with the one-line reason.
