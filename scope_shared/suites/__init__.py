@@ -9,16 +9,8 @@ were graded with; :class:`CallableGrader` and :class:`JudgeGrader` bring your ow
 
 from scope_shared.suites.embedder import SuiteEmbedder
 from scope_shared.suites.files import DEFAULT_SUITE, load_suite, suite_from_csv
-from scope_shared.suites.graders import (
-    GRADERS,
-    CallableGrader,
-    ChoiceGrader,
-    ExactGrader,
-    Grader,
-    JudgeGrader,
-    NumberGrader,
-    grader_named,
-)
+from scope_shared.suites.graders import GRADERS, ChoiceGrader, ExactGrader, Grader, NumberGrader, grader_named
+from scope_shared.suites.judges import CallableGrader, JudgeGrader
 from scope_shared.suites.seed import seed_store, store_from_suite
 from scope_shared.suites.suite import AnchorSuite, ReferenceOutcome, SuiteQuestion
 

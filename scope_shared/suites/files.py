@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from scope_shared.errors import ConfigError, DataError
-from scope_shared.suites.graders import CallableGrader, Grader, grader_named
+from scope_shared.suites.graders import Grader, grader_named
+from scope_shared.suites.judges import CallableGrader
 from scope_shared.suites.suite import AnchorSuite, ReferenceOutcome, SuiteQuestion
 
 if TYPE_CHECKING:

@@ -183,7 +183,7 @@ def docs_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     """A temporary working directory holding the tiny dataset; the default embedder is the hashing embedder
     (no model to load), the hubs are offline, sockets refuse to connect, and LlamaIndex's global Settings are
     restored afterwards."""
-    import scope_shared.embeddings as embeddings
+    import scope_shared.embeddings.adapt as embeddings
 
     write_tiny_dataset(tmp_path)
     monkeypatch.chdir(tmp_path)
