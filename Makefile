@@ -1,4 +1,4 @@
-# make demo  - build an anchor store from ../shared/data/routerbench-zs and route its held-out queries
+# make demo  - a store from the packaged suite, a held-out model profiled through a replay server, routing with it
 # make test  - unit + integration tests (starts real Chroma and vLLM servers)
 # make bench - performance benchmarks (prints tables)
 SHELL := /bin/bash

@@ -366,49 +366,109 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_singles(singles: dict[str, dict[str, float]], keep: str) -> tuple[list[str], int]:
+    """The single models worth a row, most accurate first: those no other model matches in accuracy for less
+    (or beats for the same), and ``keep``; and how many others there are."""
+
+    def dominated(name: str) -> bool:
+        a, c = singles[name]["accuracy"], singles[name]["cost"]
+        return any(
+            o != name and s["accuracy"] >= a and s["cost"] <= c and (s["accuracy"] > a or s["cost"] < c)
+            for o, s in singles.items()
+        )
+
+    shown = [n for n in singles if n == keep or not dominated(n)]
+    shown.sort(key=lambda n: (-singles[n]["accuracy"], singles[n]["cost"]))
+    return shown, len(singles) - len(shown)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from scope_shared.evaluation import evaluate, plot_report
+    from scope_shared.demo import DEMO_MODELS, DemoData, run_journey
+    from scope_shared.evaluation import DEFAULT_VALUES, plot_report
+    from scope_shared.suites import load_suite
 
-    data = Path(args.data)
-    files = [data / "anchors.csv.gz", data / "test.csv.gz", data / "prices.csv"]
-    missing = [str(f) for f in files if not f.exists()]
-    if missing:
-        msg = f"demo data not found: {missing}; pass --data DIR (a folder of ../shared/data)"
-        raise ConfigError(msg)
     t0 = time.perf_counter()
-    _out(f"building an anchor store from {files[0]} and routing the held-out queries of {files[1]} ...")
+    data = DemoData.load(args.data)
+    model = args.new_model or DEMO_MODELS.get(data.source)
+    if not model:
+        msg = f"no default new model for {data.source!r}: pass --new-model (a model with recorded responses there)"
+        raise ConfigError(msg)
+    suite = load_suite(args.suite)
+    _out(
+        f"bring your own model, replayed on {data.source}: {model} is left out of a store from suite "
+        f"{suite.name!r}, served as new by a replay server, profiled on {args.n} {args.select} anchors, then routed"
+    )
     values = [v for _, v in DEMO_SETTINGS]
-    from scope_shared.evaluation import DEFAULT_VALUES
-
-    report = evaluate(*files, embedder=_embedder(args.embedder), k=args.k, values=[*DEFAULT_VALUES, *values])
-    rt = report["routing"]
+    trip = run_journey(
+        data=data,
+        suite=suite,
+        model=model,
+        inner=_embedder(args.embedder),
+        n=args.n,
+        select=args.select,
+        seed=args.seed,
+        k=args.k,
+        values=[*DEFAULT_VALUES, *values],
+    )
+    report, rt, new = trip.report, trip.report["routing"], trip.name
+    stats = trip.store.model_stats()
+    _out("")
+    _out(
+        f"1. store: {trip.store.count()} anchors of suite {suite.name!r} with {len(stats) - 1} reference models' "
+        f"outcomes ({model}'s left out), from its precomputed vectors, in {trip.seconds['store']:.1f} s"
+    )
+    _out(f"2. profile: {new} through the replay server over HTTP ({trip.answered} answers served)")
+    for line in trip.profile.lines():
+        _out(f"   {line}" if line else "")
+    left = ", ".join(f"{task} ({n} queries)" for task, n in sorted(trip.left_out.items()))
+    _out("")
+    _out(
+        f"3. route: {rt['queries']} held-out test queries of {', '.join(trip.tasks)} (the tasks the suite covers"
+        f"{'; left out: ' + left if left else ''}), {len(rt['pool'])} models, in {trip.seconds['route']:.1f} s; "
+        "mean cost per query in USD"
+    )
+    _out("")
     points = {pt["value_per_correct"]: pt for pt in rt["curve"]}
-    _out("")
-    _out(f"{len(rt['pool'])} models, {rt['queries']} held-out queries; mean cost per query in USD")
-    _out("")
-    _out(f"{'':44} {'accuracy':>9} {'cost/query':>12} {'vs best single':>15}")
     best_cost = rt["best_single"]["cost"]
+    _out(f"{'':44} {'accuracy':>9} {'cost/query':>12} {'vs best single':>15} {'new model share':>16}")
     for label, v in DEMO_SETTINGS:
         pt = points[v]
         _out(
-            f"{'scope-router ' + label + ' (value ' + _fmt_value(v) + ')':44} {pt['accuracy']:9.3f} "
-            f"{pt['cost']:12.6f} {pt['cost'] / best_cost:14.2f}x"
+            f"{'scope-router ' + label + (' (accuracy only)' if v is None else f' (value ${v:g})'):44} "
+            f"{pt['accuracy']:9.3f} {pt['cost']:12.6f} {pt['cost'] / best_cost:14.2f}x "
+            f"{pt['model_share'].get(new, 0.0):16.3f}"
         )
     _out(
         f"{'oracle (cheapest correct model)':44} {rt['oracle']['accuracy']:9.3f} {rt['oracle']['cost']:12.6f} "
         f"{rt['oracle']['cost'] / best_cost:14.2f}x"
     )
-    for name, s in sorted(rt["singles"].items(), key=lambda kv: -kv[1]["accuracy"]):
-        _out(f"{name[:44]:44} {s['accuracy']:9.3f} {s['cost']:12.6f} {s['cost'] / best_cost:14.2f}x")
+    shown, more = _demo_singles(rt["singles"], new)
+    for name in shown:
+        s = rt["singles"][name]
+        note = " (best single)" if name == rt["best_single"]["model"] else " (new)" if name == new else ""
+        label = name[: 44 - len(note)] + note
+        _out(f"{label:44} {s['accuracy']:9.3f} {s['cost']:12.6f} {s['cost'] / best_cost:14.2f}x")
+    if more:
+        _out(f"({more} more models, each less accurate and dearer than one above)")
     _out("")
+    auroc = report["estimation"]["auroc_per_model"].get(new)
+    share = sum(pt["model_share"].get(new, 0.0) for pt in rt["curve"]) / len(rt["curve"])
+    _out(
+        f"new model {new}: auroc_within_model={'n/a' if auroc is None else f'{auroc:.3f}'} from its "
+        f"{len(trip.profile.recorded)} profiled anchors; share of the router's picks {share:.3f} "
+        "(mean over the value sweep)"
+    )
     for line in _summary_lines(report):
         _out(line)
     out = Path(args.out)
-    plot = plot_report(report, out / "demo_curve.png", title=f"scope-router on {data.name}")
-    (out / "demo_report.json").write_text(json.dumps(report, indent=2))
+    plot = plot_report(report, out / "demo_curve.png", title=f"scope-router on {data.source}, {new} profiled")
+    (out / "demo_report.json").write_text(json.dumps(trip.to_dict(), indent=2))
     _out(f"plot:   {plot}")
     _out(f"report: {out / 'demo_report.json'}")
-    _out(f"wall time: {time.perf_counter() - t0:.1f} s")
+    _out(
+        f"wall time: {time.perf_counter() - t0:.1f} s (store {trip.seconds['store']:.1f} s, profile "
+        f"{trip.seconds['profile']:.1f} s, route {trip.seconds['route']:.1f} s)"
+    )
     return 0
 
 
@@ -535,10 +595,19 @@ def _parser() -> argparse.ArgumentParser:
         ap.add_argument("--embedder", default="minilm", choices=EMBEDDERS, help="the embedder the store was built with")
         ap.set_defaults(fn=cmd_store)
 
-    sp = sub.add_parser("demo", help="build a store from shared data, route held-out queries, compare")
+    sp = sub.add_parser(
+        "demo",
+        help="bring your own model, replayed: a store from the suite, a recorded model profiled as new through a "
+        "replay server, the dataset's held-out queries routed with it",
+    )
     model_args(sp)
-    sp.add_argument("--data", default=str(DEFAULT_DATA))
-    sp.add_argument("--out", default="out")
+    sp.add_argument("--data", default=str(DEFAULT_DATA), help="a dataset folder of ../shared/data")
+    sp.add_argument("--new-model", help="the recorded model played as new (default: one per dataset)")
+    sp.add_argument("--n", type=int, default=50, help="anchors to profile it on (default 50)")
+    sp.add_argument("--select", default="informative", choices=["random", "informative", "all"])
+    sp.add_argument("--seed", type=int, default=0, help="seed of the anchor choice")
+    sp.add_argument("--suite", default="default", help="'default' (packaged) or a suite folder")
+    sp.add_argument("--out", default="out", help="folder for demo_report.json and demo_curve.png")
     sp.set_defaults(fn=cmd_demo)
     return p
 

@@ -207,7 +207,7 @@ def _estimation_metrics(
 
 
 def evaluate(
-    anchors: str | Path | Sequence[Outcome],
+    anchors: str | Path | Sequence[Outcome] | None,
     test: str | Path | Sequence[Outcome],
     prices: str | Path | Sequence[ModelCard],
     *,
@@ -227,12 +227,15 @@ def evaluate(
     """Replay-evaluate an estimator: load ``anchors`` into a fresh store, estimate ``test``, report.
 
     Args:
-        anchors, test: outcome files (or outcomes); test queries are held out of the store.
+        anchors, test: outcome files (or outcomes); test queries are held out of the store. ``anchors=None``
+            loads nothing and routes over ``store`` as it is (e.g. seeded from a suite, new models profiled
+            into it): the models it holds outcomes of are the known ones.
         prices: a price table (or model cards); only priced models are estimated and routed.
         embedder: the store's embedder (default all-MiniLM-L6-v2).
         estimator: default the engine's (the learned estimator).
         escalation: an optional second estimation stage (see :class:`~scope_shared.escalation.Escalation`).
-        store: an empty store to load into (default: a fresh in-memory one).
+        store: an empty store to load into (default: a fresh in-memory one), or with ``anchors=None`` the
+            store to route over.
         pool: models to route over (default: priced models with an outcome on every test query).
         holdout_models: models treated as newly added: their anchor outcomes are cut down to
             ``holdout_anchors`` random anchors (seeded by ``holdout_seed``) before loading; the report's
@@ -242,11 +245,19 @@ def evaluate(
             models' outcomes, never the held-out models'), or one of its strategies by name.
     """
     t0 = time.perf_counter()
-    anchor_rows = load_outcomes(anchors) if isinstance(anchors, str | Path) else list(anchors)
+    if anchors is None:
+        if store is None or holdout_models:
+            msg = "anchors=None routes over an existing store: pass store=, and no holdout_models (nothing is loaded)"
+            raise ConfigError(msg)
+        anchor_rows: list[Outcome] = []
+        recorded = {m for m, st in store.model_stats().items() if st.n > 0}
+    else:
+        anchor_rows = load_outcomes(anchors) if isinstance(anchors, str | Path) else list(anchors)
+        recorded = {o.model for o in anchor_rows}
     test_rows = load_outcomes(test) if isinstance(test, str | Path) else list(test)
     cards_list = load_prices(prices) if isinstance(prices, str | Path) else list(prices)
     cards = {c.name: c for c in cards_list}
-    known = {o.model for o in anchor_rows} & cards.keys()
+    known = recorded & cards.keys()
     test_rows = [o for o in test_rows if o.model in known]
     if not test_rows:
         msg = "no test outcome of a priced model that also has anchor outcomes"
@@ -258,7 +269,8 @@ def evaluate(
     anchor_rows, kept = _hold_out(
         anchor_rows, holdout_models, holdout_anchors, holdout_seed, known, select=holdout_select, embed=store.embed
     )
-    store.add([o for o in anchor_rows if o.model in known])
+    if anchors is not None:
+        store.add([o for o in anchor_rows if o.model in known])
     t_load = time.perf_counter() - t0
     engine = ScopeEngine(
         store=store, models=[cards[m] for m in sorted(known)], estimator=estimator, escalation=escalation, k=k

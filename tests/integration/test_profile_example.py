@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from scope_shared.profile.replay_server import ReplayServer, load_recorded
 from scope_shared.suites import load_suite
-from tests.integration.openai_replay import ReplayServer, load_recorded
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -1,6 +1,6 @@
 """``scope-router profile`` against a real OpenAI-compatible HTTP server replaying a real model's recorded answers.
 
-The server (tests/integration/openai_replay.py) answers each suite prompt with the response the source model
+The server (scope_shared/profile/replay_server.py) answers each suite prompt with the response the source model
 really gave in ../shared/data, with its real usage counts, under a new model name. The store is seeded from the
 packaged suite's questions that model answered (gsm and crux for gpt-4o-mini, arc-challenge and winogrande for
 gpt-3.5-turbo). Each test profiles under its own name, so they share one store.
@@ -24,11 +24,11 @@ import pytest
 from scope_shared.cli import main
 from scope_shared.embeddings import MiniLMEmbedder
 from scope_shared.profile import choose_anchors
+from scope_shared.profile.replay_server import Recorded, ReplayServer, free_port, load_recorded
 from scope_shared.store import AnchorStore
 from scope_shared.store.records import anchor_id
 from scope_shared.suites import AnchorSuite, load_suite, store_from_suite
 from scope_shared.types import ModelCard
-from tests.integration.openai_replay import Recorded, ReplayServer, free_port, load_recorded
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
