@@ -1,4 +1,4 @@
-# make demo  - build an anchor store from ../shared/data/routerbench-zs and route its held-out queries
+# make demo  - a store from the packaged suite, a held-out model profiled through a replay server, routing with it
 # make test  - unit + integration tests (starts real Chroma and vLLM servers)
 # make bench - performance benchmarks (prints tables)
 SHELL := /bin/bash
@@ -43,12 +43,14 @@ integration: venv vllm-env
 		HF_HUB_OFFLINE=1 $(PY) -m pytest tests/integration -q
 
 test: venv vllm-env
+	$(VENV)/bin/lint-imports --no-cache
 	SCOPE_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python SCOPE_TINY_MODEL=$(abspath $(TINY_MODEL)) \
 		HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q -p no:cacheprovider
 
 lint: venv
 	$(VENV)/bin/ruff check scope_shared scope_langchain scope_llamaindex tests examples benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: $(VENV)/.bench-installed
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             f"{decision.model[:28]:28} p={est.p_correct:.2f} est ${est.cost:.5f} real ${real:.5f} "
             f"correct={outcome.correct:.0f}"
         )
+    engine.close()  # outcomes are written behind (within 0.5 s): write the last ones now
     assert engine.ledger is not None
     spent = engine.ledger.spent
     print(f"\nrouted {routed}, refused {refused} (budget ${args.budget}), accuracy {right / max(routed, 1):.3f}, "

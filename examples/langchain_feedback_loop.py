@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         p_before = scope["candidates"][model]["p_correct"]
         truth = message.response_metadata["replay"]["correct"]  # in production: the user's feedback
         handler.record_feedback(message, truth)
+        engine.flush()  # outcomes are written behind (within 0.5 s); write this one now for the next decision
         p_after = router.route(question).decision.estimates[model].p_correct
         error_before += abs(p_before - truth)
         error_after += abs(p_after - truth)

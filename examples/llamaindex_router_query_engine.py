@@ -71,6 +71,7 @@ def main() -> None:
             print(f"{sel.model:<28} ${sel.cost:.6f}  {shown(q, more='...')!r}")
             print(f"    {sel.reason}")
     assert engine.ledger is not None
+    engine.flush()  # outcomes are written behind (within 0.5 s): write the last ones before counting
     summary = {
         "queries": len(questions),
         "accuracy": correct / len(questions),

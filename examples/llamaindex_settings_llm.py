@@ -77,6 +77,7 @@ def main() -> None:
                 model, cost = asyncio.run(ask_async(q))
                 form = "async"
             print(f"{form:<8} -> {model:<34} ${cost:.6f}")
+    feedback.flush()  # outcomes are written behind (within 0.5 s): write the last ones before counting
     assert engine.ledger is not None
     summary = {
         "queries": len(questions),

@@ -19,7 +19,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from scope_langchain._messages import conversation_text, last_question, to_messages
 from scope_langchain._metadata import child_config
 from scope_langchain._retry import Recovery
-from scope_langchain._settings import QuestionFn, RouterFields, TokenCounter, resolve_settings
+from scope_langchain._settings import QuestionFn, RouterFields, TokenCounter, resolve_settings, with_model_override
 from scope_shared import BudgetExceededError, ConfigError, Decision, RouteOptions, ScopeEngine
 from scope_shared.cascade import Cascade
 
@@ -113,7 +113,9 @@ class Dispatcher:
 
     # -- preparing and deciding ------------------------------------------------------------------
 
-    def prepare(self, value: Any, configurable: Mapping[str, Any] | None) -> Prepared:
+    def prepare(self, value: Any, configurable: Mapping[str, Any] | None, model: Any = None) -> Prepared:
+        """One call's input, question, input tokens and settings (``model``: a per-call ``model=`` keyword,
+        which forces that model)."""
         messages = to_messages(value)
         question = (self.question or last_question)(messages)
         if not isinstance(question, str) or not question.strip():
@@ -126,12 +128,15 @@ class Dispatcher:
             whole = conversation_text(messages)
             if whole != question:  # system prompt, earlier turns: they are paid for too
                 tokens = self.engine.estimate_tokens(whole)
-        settings = resolve_settings(self.defaults, configurable or {}, self.models)
+        configurable = with_model_override(configurable or {}, model, self.models)
+        settings = resolve_settings(self.defaults, configurable, self.models)
         return Prepared(messages, question, tokens, settings)
 
-    def prepare_batch(self, inputs: Sequence[Any], configs: Sequence[RunnableConfig]) -> list[Prepared | Exception]:
+    def prepare_batch(
+        self, inputs: Sequence[Any], configs: Sequence[RunnableConfig], model: Any = None
+    ) -> list[Prepared | Exception]:
         """Each input prepared with its own config; an input that cannot be prepared is its error."""
-        return [capture(self.prepare, x, c.get("configurable")) for x, c in zip(inputs, configs, strict=True)]
+        return [capture(self.prepare, x, c.get("configurable"), model) for x, c in zip(inputs, configs, strict=True)]
 
     def decide(self, p: Prepared, *, reserve: bool = True) -> Decision:
         options = p.settings.merged({"reserve": reserve})

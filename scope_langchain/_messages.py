@@ -78,9 +78,16 @@ def as_message(out: Any, model: str) -> BaseMessage:
 
 
 def as_chunk(out: Any, model: str) -> BaseMessageChunk:
-    """A routed model's streamed output as a message chunk (a str becomes an ``AIMessageChunk``)."""
+    """A routed model's streamed output as a message chunk.
+
+    A str becomes an ``AIMessageChunk``; so does a whole ``AIMessage``, which is what ``stream`` yields for a
+    chat model that does not stream natively (``disable_streaming=True``, or no ``_stream``): one chunk, the
+    last, carrying the message's tool calls, usage and metadata.
+    """
     if isinstance(out, str):
         return AIMessageChunk(content=out)
+    if isinstance(out, AIMessage) and not isinstance(out, BaseMessageChunk):
+        return AIMessageChunk(**{**out.model_dump(exclude={"type"}), "chunk_position": "last"})
     return _checked(out, BaseMessageChunk, model, "streamed", "stream message chunks")
 
 

@@ -8,51 +8,22 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import httpx
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
+from scope_langchain._redact import describe
 from scope_shared import BudgetExceededError, ConfigError, Decision, RouteOptions, ScopeEngine
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-_TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
-_TRANSIENT_NAMES = (
-    "RateLimit",
-    "APIConnection",
-    "APITimeout",
-    "Timeout",
-    "ServiceUnavailable",
-    "InternalServerError",
-    "Overloaded",
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether an error is worth retrying on the same model: timeouts, connection errors, HTTP 408/429/5xx.
-
-    Recognises builtin and httpx transport errors, any error carrying such a ``status_code`` (or a
-    ``response.status_code``), and provider errors named like ``RateLimitError`` or ``APITimeoutError``
-    without importing the provider SDKs.
-    """
-    if isinstance(exc, TimeoutError | ConnectionError | httpx.TransportError):
-        return True
-    status = getattr(exc, "status_code", None)
-    if status is None:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-    if isinstance(status, int) and status in _TRANSIENT_STATUS:
-        return True
-    name = type(exc).__name__
-    return any(part in name for part in _TRANSIENT_NAMES)
-
 
 @dataclass(frozen=True, slots=True)
 class Failure:
@@ -65,10 +36,9 @@ class Failure:
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     logger.warning(
-        "transient error from the chosen model (attempt %d): %s: %s; retrying",
+        "transient error from the chosen model (attempt %d): %s; retrying",
         state.attempt_number,
-        type(exc).__name__,
-        exc,
+        describe(exc) if exc is not None else "no exception",
     )
 
 
@@ -93,7 +63,9 @@ class Recovery:
         """Keyword arguments of tenacity's ``Retrying`` / ``AsyncRetrying``."""
         return {
             "stop": stop_after_attempt(self.retries + 1),
-            "wait": wait_exponential_jitter(initial=self.retry_wait, max=self.retry_wait * 16, jitter=self.retry_wait),
+            # retry_wait * 2**(attempt - 1), at most 16 * retry_wait, plus up to retry_wait of jitter
+            "wait": wait_exponential(multiplier=self.retry_wait, max=self.retry_wait * 16)
+            + wait_random(0, self.retry_wait),
             "retry": retry_if_exception(self.retry_if),
             "reraise": True,
             "before_sleep": _log_retry,
@@ -132,7 +104,7 @@ class Recovery:
         if not isinstance(exc, Exception):  # cancelled, interrupted: stop at once
             raise exc
         failures.append(Failure(decision.model, exc))
-        logger.warning("routed model %s failed: %s: %s", decision.model, type(exc).__name__, exc)
+        logger.warning("routed model %s failed: %s", decision.model, describe(exc))
         nxt = self._fallback(settings, decision, exc, failures)
         if nxt is None:
             first = failures[0].error

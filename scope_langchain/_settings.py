@@ -11,9 +11,9 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable
 from pydantic import BaseModel, ConfigDict
 
-from scope_langchain._retry import is_transient
 from scope_shared import ConfigError, RouteOptions, ScopeEngine, UnknownModelError
 from scope_shared.cascade import Cascade
+from scope_shared.transient import is_transient
 
 #: Keys of ``config["configurable"]`` read on every call.
 CONFIG_KEYS = ("value_per_correct", "max_cost_per_call", "force_model", "candidates")
@@ -27,6 +27,29 @@ def _known(models: Mapping[str, Any], name: Any, what: str) -> str:
         msg = f"{what} {name!r} is not one of this router's models: {sorted(models)}"
         raise UnknownModelError(msg)
     return name
+
+
+def with_model_override(configurable: Mapping[str, Any], model: Any, models: Mapping[str, Any]) -> dict[str, Any]:
+    """``configurable`` with a per-call ``model=`` keyword (LangChain's model override) as ``force_model``.
+
+    The router books and bills the model it calls, so ``model=`` never reaches the wrapped model: it must name
+    one of the router's models, and forces it.
+    """
+    out = dict(configurable)
+    if model is None:
+        return out
+    if not isinstance(model, str) or model not in models:
+        msg = (
+            f"model={model!r} is not one of this router's models: {sorted(models)}; a per-call model= forces one "
+            "of them (the router books and bills the model it calls, so it never passes model= on)"
+        )
+        raise UnknownModelError(msg)
+    forced = out.get("force_model")
+    if forced is not None and forced != model:
+        msg = f"model={model!r} and configurable force_model={forced!r} disagree; give one of them"
+        raise ConfigError(msg)
+    out["force_model"] = model
+    return out
 
 
 def resolve_settings(
@@ -43,6 +66,38 @@ def resolve_settings(
             over = {**RouteOptions.of(candidates=over["candidates"]).given(), **over}
             over["candidates"] = tuple(_known(models, n, "candidate") for n in over["candidates"])
     return defaults.merged(over)
+
+
+#: Arguments a router does not take, with what to do instead.
+_ELSEWHERE = {
+    "timeout": "a timeout belongs to each wrapped model's client: set it where you build them, e.g. "
+    "ChatOpenAI(model=..., timeout=30)",
+    "request_timeout": "a timeout belongs to each wrapped model's client: set it where you build them",
+    "api_key": "the router holds no credentials: give each wrapped model its own",
+    "base_url": "the router has no endpoint: each wrapped model has its own",
+    "model": "the router chooses among models={name: chat model}; force one with force_model= (or per call with "
+    "model= / configurable force_model)",
+    "model_name": "the router chooses among models={name: chat model}; force one with force_model=",
+    "temperature": "set it on each wrapped model, or pass it per call: router.invoke(x, temperature=0) passes it "
+    "to the chosen model (ScopeChatModel also takes it as a default)",
+    "max_tokens": "set it on each wrapped model, or pass it per call (ScopeChatModel also takes it as a default)",
+    "stop": "pass it per call: router.invoke(x, stop=[...]) (ScopeChatModel also takes it as a default)",
+    "max_retries": "the router's retries of transient errors are retries= (ScopeChatModel also takes max_retries=)",
+}
+
+
+def check_names(owner: type[BaseModel], given: Mapping[str, Any]) -> None:
+    """Refuse constructor arguments that are not fields of ``owner`` (pydantic would drop them silently)."""
+    known = set(owner.model_fields) | {f.alias for f in owner.model_fields.values() if f.alias}
+    for name in given:
+        if name in known:
+            continue
+        hint = _ELSEWHERE.get(name)
+        if hint is not None:
+            msg = f"{owner.__name__} does not take {name}=: {hint}"
+        else:
+            msg = f"{owner.__name__} got an unknown argument {name!r}; it takes {sorted(known)}"
+        raise ConfigError(msg)
 
 
 def validate_setup(engine: Any, models: Any, options: Mapping[str, Any]) -> None:
@@ -125,6 +180,7 @@ class RouterFields(BaseModel):
     cascade: Cascade | None = None
 
     def __init__(self, *, engine: ScopeEngine, models: Mapping[str, Runnable[Any, Any]], **kwargs: Any) -> None:
+        check_names(type(self), kwargs)
         validate_setup(engine, models, kwargs)
         kwargs.setdefault("value_per_correct", engine.options.value_per_correct)
         kwargs.setdefault("max_cost_per_call", engine.options.max_cost_per_call)

@@ -16,7 +16,7 @@ from langchain_core.runnables import RunnableConfig
 
 from scope_langchain._dispatch import Dispatcher, Prepared
 from scope_langchain._messages import as_chunk, usage_of
-from scope_langchain._metadata import scope_metadata, with_scope
+from scope_langchain._metadata import scope_metadata, with_scope, without_model_name
 from scope_langchain._retry import Failure
 from scope_shared import Decision
 
@@ -32,7 +32,7 @@ class _Tally:
         chunk = as_chunk(raw, self.model)
         if (u := usage_of(chunk)) is not None:
             self.usage = add_usage(self.usage, u)
-        return chunk
+        return without_model_name(chunk)
 
 
 def _no_output(decision: Decision) -> ValueError:

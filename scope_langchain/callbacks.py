@@ -119,6 +119,8 @@ class ScopeOutcomeHandler(FeedbackCounts, BaseCallbackHandler):
         try:
             meta = metadata or {}
             self._put(self._parents, run_id, parent_run_id, 8 * self.max_pending)
+            if (kwargs.get("invocation_params") or {}).get("_type") == "scope-router":
+                return  # a ScopeChatModel's own run: the chosen model's run below it is the one recorded
             model = self._model_of(meta)
             if model is None or not messages:
                 return

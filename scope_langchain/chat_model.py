@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import logging
+import math
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.callbacks import (
-    AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
     BaseCallbackManager,
     CallbackManager,
     CallbackManagerForLLMRun,
 )
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.language_models.base import LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import ensure_config
@@ -23,6 +27,8 @@ from langchain_core.tools import BaseTool
 from scope_langchain import _cascade
 from scope_langchain._call import acall, call
 from scope_langchain._dispatch import Dispatcher, Prepared
+from scope_langchain._messages import conversation_text
+from scope_langchain._nesting import inner_callbacks
 from scope_langchain._settings import CONFIG_KEYS, RouterFields
 from scope_langchain._stream import astream, stream
 from scope_shared import ConfigError
@@ -31,8 +37,23 @@ __all__ = ["ScopeChatModel"]
 
 logger = logging.getLogger(__name__)
 
-#: Call kwarg carrying the per-call ``configurable`` settings from ``invoke`` down to ``_generate``.
-_SETTINGS_KWARG = "scope_configurable"
+
+@dataclass(frozen=True)
+class _Call:
+    """One ``invoke``/``stream`` call of a ScopeChatModel, as its ``_generate``/``_stream`` needs it.
+
+    ``BaseChatModel`` passes neither the config nor (in ``stream()``, and in ``invoke()`` when it streams) a run
+    manager down; the public methods leave this in :data:`_CALL` instead of in the call's keyword arguments,
+    which would reach the invocation params (traces) and the LLM cache key.
+    """
+
+    owner: ScopeChatModel
+    configurable: dict[str, Any]
+    config: RunnableConfig = field(repr=False)
+    run_id: uuid.UUID
+
+
+_CALL: ContextVar[_Call | None] = ContextVar("scope_chat_model_call", default=None)
 
 
 class ScopeChatModel(RouterFields, BaseChatModel):
@@ -40,17 +61,49 @@ class ScopeChatModel(RouterFields, BaseChatModel):
 
     It stands wherever a ``BaseChatModel`` is expected (agents, ``with_structured_output``, ``bind_tools``).
     Each call is routed and sent to the chosen wrapped model; the returned message carries the decision in
-    ``response_metadata["scope"]``. Per-call settings come from ``config["configurable"]`` (the keys
-    ``value_per_correct``, ``max_cost_per_call``, ``force_model``, ``candidates``) or from
-    ``configurable_fields``. ``batch`` routes each input on its own (use ``ScopeRouter.batch`` to route a
+    ``response_metadata["scope"]`` and the chosen model's name in ``response_metadata["model_name"]``.
+    Per-call settings come from ``config["configurable"]`` (the keys ``value_per_correct``,
+    ``max_cost_per_call``, ``force_model``, ``candidates``) or from ``configurable_fields``; a per-call
+    ``model=`` must name one of the wrapped models and forces it (it is never passed on: the router books and
+    bills the model it calls). ``batch`` routes each input on its own (use ``ScopeRouter.batch`` to route a
     batch in one estimator call).
 
-    ``bind_tools`` binds the tools to every wrapped model and returns a new ``ScopeChatModel`` over the
-    bound models; ``with_structured_output`` uses it (tool calling, ``tool_choice="any"``). Both need every
+    LangChain's standard parameters: ``temperature``, ``max_tokens`` and ``stop`` are passed to the chosen
+    model on every call, as call arguments (``invoke(..., temperature=0)``), unless the call gives its own;
+    ``max_retries`` is another name for ``retries``; ``streaming=True`` makes ``invoke`` stream the chosen
+    model. ``timeout`` and ``api_key`` are refused: they are settings of each wrapped model's client.
+
+    Callback handlers see a call as one chat-model run, this model's; tracers and ``ScopeOutcomeHandler``
+    also see the chosen model's run, nested under it and tagged ``nostream`` (see
+    :mod:`scope_langchain._nesting`). So streaming consumers get each token once, however it is called.
+
+    ``bind_tools`` binds the tools to every wrapped model and returns a new ``ScopeChatModel`` over the bound
+    models; ``with_structured_output`` uses it (tool calling, ``tool_choice="any"``). Both need every
     wrapped model to support tool calling, and say which one does not.
 
-    Args are those of :class:`~scope_langchain.ScopeRouter`.
+    Token counts (``get_num_tokens``, ``get_num_tokens_from_messages``) are the router's own: the
+    ``token_counter`` when given, else the engine's estimate from the anchors' tokens per character, which is
+    what routing prices the prompt with.
+
+    Args are those of :class:`~scope_langchain.ScopeRouter`, plus ``temperature``, ``max_tokens``, ``stop``,
+    ``streaming`` and ``max_retries`` above.
     """
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    streaming: bool = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        if "max_retries" in kwargs:
+            retries = kwargs.pop("max_retries")
+            if "retries" in kwargs and kwargs["retries"] != retries:
+                msg = f"max_retries={retries!r} and retries={kwargs['retries']!r} disagree; give one of them"
+                raise ConfigError(msg)
+            kwargs["retries"] = retries
+        _check_number(kwargs.get("temperature"), "temperature", "a number >= 0", lower=0.0, integer=False)
+        _check_number(kwargs.get("max_tokens"), "max_tokens", "an int >= 1", lower=1.0, integer=True)
+        super().__init__(**kwargs)
 
     @property
     def _llm_type(self) -> str:
@@ -63,18 +116,46 @@ class ScopeChatModel(RouterFields, BaseChatModel):
             "value_per_correct": self.value_per_correct,
             "max_cost_per_call": self.max_cost_per_call,
             "force_model": self.force_model,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "stop": self.stop,
         }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """LangSmith's standard params. The model is chosen per call, after the run starts: ``ls_model_name``
+        is a per-call ``model=`` or ``force_model`` when one is set, else ``"scope-router"``."""
+        params = super()._get_ls_params(stop=stop if stop is not None else self.stop, **kwargs)
+        params["ls_provider"] = "scope-router"
+        if "ls_model_name" not in params:
+            params["ls_model_name"] = self.force_model or "scope-router"
+        return params
 
     def _dispatcher(self) -> Dispatcher:
         return Dispatcher.of(self)
 
-    # -- per-call settings: BaseChatModel does not pass the config down to _generate -------------
+    # -- token counts ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _with_settings(config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-        configurable = ensure_config(config).get("configurable") or {}
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
+        """Input tokens of ``messages`` as the router counts them: ``token_counter(messages)`` when given, else
+        the engine's estimate of the conversation's text. ``tools`` are not counted."""
+        if self.token_counter is not None:
+            return int(self.token_counter(messages))
+        return math.ceil(self.engine.estimate_tokens(conversation_text(messages)))
+
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens of ``text``, counted as :meth:`get_num_tokens_from_messages` counts one human message."""
+        return self.get_num_tokens_from_messages([HumanMessage(content=text)])
+
+    # -- the public calls: leave the call's settings and run for _generate / _stream ----------------
+
+    def _enter(self, config: RunnableConfig | None) -> tuple[RunnableConfig, Token[_Call | None]]:
+        """The call's config, with the run id of this model's run fixed in advance, and the :class:`_Call`."""
+        config = ensure_config(config)
+        run_id = config.get("run_id") or uuid.uuid4()
+        config = {**config, "run_id": run_id}
+        configurable = config.get("configurable") or {}
         picked = {k: configurable[k] for k in CONFIG_KEYS if k in configurable}
-        return {**kwargs, _SETTINGS_KWARG: picked} if picked else kwargs
+        return config, _CALL.set(_Call(self, picked, config, run_id))
 
     def invoke(
         self,
@@ -84,7 +165,11 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> AIMessage:
-        return super().invoke(input, config, stop=stop, **self._with_settings(config, kwargs))
+        config, token = self._enter(config)
+        try:
+            return super().invoke(input, config, stop=stop, **kwargs)
+        finally:
+            _CALL.reset(token)
 
     async def ainvoke(
         self,
@@ -94,7 +179,11 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> AIMessage:
-        return await super().ainvoke(input, config, stop=stop, **self._with_settings(config, kwargs))
+        config, token = self._enter(config)
+        try:
+            return await super().ainvoke(input, config, stop=stop, **kwargs)
+        finally:
+            _CALL.reset(token)
 
     def stream(
         self,
@@ -104,7 +193,15 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> Iterator[AIMessageChunk]:
-        yield from super().stream(input, config, stop=stop, **self._with_settings(config, kwargs))
+        config, token = self._enter(config)
+        try:
+            it = super().stream(input, config, stop=stop, **kwargs)
+            first = next(it, None)  # _stream reads the call here
+        finally:
+            _CALL.reset(token)
+        if first is not None:
+            yield first
+            yield from it
 
     async def astream(
         self,
@@ -114,8 +211,21 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[AIMessageChunk]:
-        async for chunk in super().astream(input, config, stop=stop, **self._with_settings(config, kwargs)):
-            yield chunk
+        config, token = self._enter(config)
+        try:
+            it = super().astream(input, config, stop=stop, **kwargs)
+            first = await anext(it, None)  # _astream reads the call here
+        finally:
+            _CALL.reset(token)
+        try:
+            if first is not None:
+                yield first
+                async for chunk in it:
+                    yield chunk
+        finally:
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     # -- generation ------------------------------------------------------------------------------
 
@@ -125,13 +235,34 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
         stop: list[str] | None,
         kwargs: dict[str, Any],
+        *,
+        is_async: bool,
     ) -> tuple[Dispatcher, Prepared, RunnableConfig, dict[str, Any]]:
         """The dispatcher, the prepared call, the wrapped model's config and its call kwargs."""
-        configurable = kwargs.pop(_SETTINGS_KWARG, None) or {}
-        config: RunnableConfig = {"callbacks": _child_callbacks(run_manager)} if run_manager else {}
-        call_kwargs = {**kwargs, "stop": stop} if stop is not None else kwargs
+        current = _CALL.get()
+        if current is not None and current.owner is self:
+            _CALL.set(None)  # read once: a nested call of another model must not see it
+        else:
+            current = None
+        config: RunnableConfig = {}
+        if run_manager is not None:
+            config["callbacks"] = inner_callbacks(
+                run_manager.inheritable_handlers,
+                run_manager.inheritable_tags,
+                run_manager.inheritable_metadata,
+                run_manager.run_id,
+                is_async=is_async,
+            )
+        elif current is not None:
+            config["callbacks"] = _callbacks_of(current, is_async=is_async)
+        defaults = {"temperature": self.temperature, "max_tokens": self.max_tokens, "stop": self.stop}
+        call_kwargs = {k: v for k, v in defaults.items() if v is not None}
+        call_kwargs.update(kwargs)
+        if stop is not None:
+            call_kwargs["stop"] = stop
+        model = call_kwargs.pop("model", None)
         d = self._dispatcher()
-        return d, d.prepare(messages, configurable), config, call_kwargs
+        return d, d.prepare(messages, current.configurable if current else {}, model), config, call_kwargs
 
     def _generate(
         self,
@@ -140,7 +271,7 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs)
+        d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs, is_async=False)
         if d.cascading(p):
             message = _cascade.run(d, p, config, call_kwargs)
         else:
@@ -154,7 +285,7 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs)
+        d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs, is_async=True)
         if d.cascading(p):
             message = await _cascade.arun(d, p, config, call_kwargs)
         else:
@@ -168,7 +299,7 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs)
+        d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs, is_async=False)
         if d.cascading(p):  # a cascade reads each answer whole: the answer it returns comes as one chunk
             yield ChatGenerationChunk(message=_cascade.as_one_chunk(_cascade.run(d, p, config, call_kwargs)))
             return
@@ -182,7 +313,7 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs)
+        d, p, config, call_kwargs = self._prepare(messages, run_manager, stop, kwargs, is_async=True)
         if d.cascading(p):  # a cascade reads each answer whole: the answer it returns comes as one chunk
             message = await _cascade.arun(d, p, config, call_kwargs)
             yield ChatGenerationChunk(message=_cascade.as_one_chunk(message))
@@ -218,15 +349,26 @@ class ScopeChatModel(RouterFields, BaseChatModel):
         return self.model_copy(update={"models": bound})
 
 
-def _child_callbacks(run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun) -> BaseCallbackManager:
-    """Callbacks for the wrapped model's run, nested under this chat model's run (LLM run managers have no
-    ``get_child``; this is what chain run managers do)."""
-    manager: BaseCallbackManager
-    if isinstance(run_manager, AsyncCallbackManagerForLLMRun):
-        manager = AsyncCallbackManager(handlers=[], parent_run_id=run_manager.run_id)
-    else:
-        manager = CallbackManager(handlers=[], parent_run_id=run_manager.run_id)
-    manager.set_handlers(run_manager.inheritable_handlers)
-    manager.add_tags(run_manager.inheritable_tags)
-    manager.add_metadata(run_manager.inheritable_metadata)
-    return manager
+def _check_number(value: Any, name: str, must: str, *, lower: float, integer: bool) -> None:
+    kinds = int if integer else int | float
+    if value is not None and (isinstance(value, bool) or not isinstance(value, kinds) or not lower <= value < math.inf):
+        msg = f"{name} must be {must}, got {value!r}"
+        raise ConfigError(msg)
+
+
+def _callbacks_of(current: _Call, *, is_async: bool) -> BaseCallbackManager:
+    """The wrapped model's callbacks when LangChain gave ``_generate``/``_stream`` no run manager: the handlers,
+    tags and metadata this model's run inherited from the call's config, under its pre-set run id."""
+    config = current.config
+    inherited = CallbackManager.configure(
+        inheritable_callbacks=config.get("callbacks"),
+        inheritable_tags=config.get("tags"),
+        inheritable_metadata=config.get("metadata"),
+    )
+    return inner_callbacks(
+        inherited.inheritable_handlers,
+        inherited.inheritable_tags,
+        inherited.inheritable_metadata,
+        current.run_id,
+        is_async=is_async,
+    )

@@ -40,14 +40,19 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
     text; see :func:`~scope_langchain.last_question`), calls the chosen model with the whole conversation,
     and returns its message with the decision in ``response_metadata["scope"]``: the chosen model, every
     candidate's ``p_correct``, expected output tokens, expected cost and utility, the degraded flag and
-    reason, the chosen model's ``run_id``, the models that ``failed`` before it and the ``actual_cost`` when
-    the model reported ``usage_metadata``. With a budget, the reservation is settled with that real cost
-    (at the expected cost, with a warning, when the model reports no usage).
+    reason, the chosen model's ``run_id``, the models that ``failed`` before it (with their errors, credentials
+    masked) and the ``actual_cost`` when the model reported ``usage_metadata``; ``response_metadata
+    ["model_name"]`` is the chosen model. With a budget, the reservation is settled with that real cost (at
+    the expected cost, with a warning, when the model reports no usage). A model that does not stream natively
+    streams its whole answer as one chunk.
 
     Per call, ``config["configurable"]`` may set ``value_per_correct`` (USD a correct answer is worth;
     ``None`` = accuracy only), ``max_cost_per_call`` (USD), ``force_model`` and ``candidates`` (a subset of
     the models), e.g. ``router.with_config(configurable={"value_per_correct": 0.01})``. The same fields
-    can be exposed under ids of your choice with ``router.configurable_fields(...)``.
+    can be exposed under ids of your choice with ``router.configurable_fields(...)``. Other call keyword
+    arguments (``stop``, ``temperature``, ...) are passed to the chosen model, except ``model=``: it must name
+    one of the models and forces it (the router books and bills the model it calls, so it never passes
+    ``model=`` on).
 
     If the chosen model raises before producing output, transient errors (:func:`is_transient`) are retried
     on it (``retries`` times, exponential backoff from ``retry_wait`` seconds, via tenacity); then the next
@@ -79,6 +84,8 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
             checkers' evidence, P(correct), cost) and why it stopped; ``stream`` yields the returned answer as
             one chunk once the cascade has ended; a forced model never cascades; ``batch`` runs each input's
             cascade on its own. Each step is a child run, so the outcome handler records every step.
+
+    Any other argument is a :class:`~scope_shared.ConfigError` that says where the setting belongs.
     """
 
     def __repr__(self) -> str:
@@ -140,7 +147,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         **kwargs: Any,
     ) -> BaseMessage:
         d = self._dispatcher()
-        p = d.prepare(value, config.get("configurable"))
+        p = d.prepare(value, config.get("configurable"), kwargs.pop("model", None))
         if d.cascading(p):
             return _cascade.run(d, p, config, kwargs)
         return call(d, p, d.decide(p), config, kwargs)
@@ -158,7 +165,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         **kwargs: Any,
     ) -> BaseMessage:
         d = self._dispatcher()
-        p = d.prepare(value, config.get("configurable"))
+        p = d.prepare(value, config.get("configurable"), kwargs.pop("model", None))
         if d.cascading(p):
             return await _cascade.arun(d, p, config, kwargs)
         return await acall(d, p, await d.adecide(p), config, kwargs)
@@ -187,14 +194,16 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         **kwargs: Any,
     ) -> list[Exception | BaseMessage]:
         d = self._dispatcher()
-        prepared = d.prepare_batch(inputs, config)
+        model = kwargs.pop("model", None)
+        prepared = d.prepare_batch(inputs, config, model)
         if d.cascade is not None:  # each input runs its own cascade (each step is decided on its answers)
+            again = kwargs if model is None else {**kwargs, "model": model}
 
             def own(i: int) -> Exception | BaseMessage:
                 p = prepared[i]
                 if isinstance(p, Exception):
                     return p
-                return capture(self._invoke, inputs[i], run_manager[i], config[i], **kwargs)
+                return capture(self._invoke, inputs[i], run_manager[i], config[i], **again)
 
             with get_executor_for_config(config[0]) as executor:
                 return list(executor.map(own, range(len(inputs))))
@@ -230,14 +239,16 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         **kwargs: Any,
     ) -> list[Exception | BaseMessage]:
         d = self._dispatcher()
-        prepared = d.prepare_batch(inputs, config)
+        model = kwargs.pop("model", None)
+        prepared = d.prepare_batch(inputs, config, model)
         if d.cascade is not None:  # each input runs its own cascade (each step is decided on its answers)
+            again = kwargs if model is None else {**kwargs, "model": model}
 
             async def own(i: int) -> Exception | BaseMessage:
                 p = prepared[i]
                 if isinstance(p, Exception):
                     return p
-                return await acapture(self._ainvoke, inputs[i], run_manager[i], config[i], **kwargs)
+                return await acapture(self._ainvoke, inputs[i], run_manager[i], config[i], **again)
 
             limit = config[0].get("max_concurrency")
             return await gather_with_concurrency(limit, *(own(i) for i in range(len(inputs))))
@@ -267,7 +278,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
     ) -> Iterator[BaseMessage]:
         value = _last(inputs)
         d = self._dispatcher()
-        p = d.prepare(value, config.get("configurable"))
+        p = d.prepare(value, config.get("configurable"), kwargs.pop("model", None))
         if d.cascading(p):  # a cascade reads each answer whole: the answer it returns comes as one chunk
             yield _cascade.as_one_chunk(_cascade.run(d, p, config, kwargs))
             return
@@ -295,7 +306,7 @@ class ScopeRouter(RouterFields, RunnableSerializable[LanguageModelInput, BaseMes
         async for value in inputs:  # noqa: B007 - the last input is the one routed
             pass
         d = self._dispatcher()
-        p = d.prepare(value, config.get("configurable"))
+        p = d.prepare(value, config.get("configurable"), kwargs.pop("model", None))
         if d.cascading(p):  # a cascade reads each answer whole: the answer it returns comes as one chunk
             yield _cascade.as_one_chunk(await _cascade.arun(d, p, config, kwargs))
             return

@@ -5,12 +5,14 @@ A thin translation layer over :class:`scope_shared.ScopeEngine`; it never talks 
 - :class:`ScopeSelector` - a ``BaseSelector`` for ``RouterQueryEngine`` / ``RouterRetriever``;
 - :class:`ScopeLLM` - an ``LLM`` that routes every call to one of several LLMs;
 - :class:`ScopeEventHandler` - an instrumentation event handler that records real outcomes;
-- :class:`ReplayLLM` - a ``CustomLLM`` that answers from recorded outcomes, for offline runs.
+- :class:`ReplayLLM` - a ``CustomLLM`` that answers from recorded outcomes, for offline runs;
+- :func:`profile_call` - an LLM as the ``call`` that profiles it on an anchor suite.
 """
 
 from scope_llamaindex._responses import usage_of
 from scope_llamaindex.events import ScopeCallEvent, ScopeEventHandler
 from scope_llamaindex.llm import ScopeLLM
+from scope_llamaindex.profile import profile_call
 from scope_llamaindex.replay import ReplayLLM
 from scope_llamaindex.selector import ScopeSelection, ScopeSelector, explain
 from scope_shared.errors import ReplayMissError
@@ -27,6 +29,7 @@ __all__ = [
     "ScopeSelection",
     "ScopeSelector",
     "explain",
+    "profile_call",
     "replay_grader",
     "usage_of",
 ]

@@ -7,21 +7,38 @@ ticket is open, an LLM call that starts in that context on its model is attribut
 charged to the budget, both through the engine. Closing a ticket that saw no LLM call releases its
 reservation. The registry is module-global on purpose: the selector opens tickets and the event handler,
 a separate object, finds them by call id when the router's query ends.
+
+A retrieval makes no LLM call of its own, so nothing would ever settle a ``RouterRetriever`` selection:
+:class:`SelectionCloser`, registered once on LlamaIndex's root dispatcher by the first
+:class:`~scope_llamaindex.ScopeSelector`, closes the tickets opened during a retrieval when it ends, and those
+opened during a retrieval or a query that raised (releasing what no LLM call used); the selection active
+before the retrieval becomes active again.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.events.query import QueryEndEvent, QueryStartEvent
+from llama_index.core.instrumentation.events.retrieval import RetrievalEndEvent, RetrievalStartEvent
+from llama_index.core.instrumentation.events.span import SpanDropEvent  # type: ignore[attr-defined]
+
 from scope_llamaindex._responses import Measured
 from scope_shared import Decision, ScopeEngine
 from scope_shared.feedback import FinishedCall
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -145,3 +162,75 @@ def call_ids_of(call: Any) -> list[str]:
     if isinstance(selections, Iterable):
         return [s.call_id for s in selections if isinstance(getattr(s, "call_id", None), str)]
     return []
+
+
+# -- closing selections when the retrieval (or failed query) that opened them ends ----------------------
+
+# The tickets active when a retrieval or query started, by its span id; bounded (a span that never ends is
+# forgotten eventually, and its tickets' reservations expire with the budget's TTL).
+_SCOPES: OrderedDict[str, tuple[Ticket, ...]] = OrderedDict()
+_SCOPES_LOCK = threading.Lock()
+_MAX_SCOPES = 10_000
+
+
+def _enter(span_id: str | None) -> None:
+    if span_id is None:
+        return
+    with _SCOPES_LOCK:
+        _SCOPES[span_id] = _ACTIVE.get()
+        while len(_SCOPES) > _MAX_SCOPES:
+            _SCOPES.popitem(last=False)
+
+
+def _leave(span_id: str | None, *, close: bool) -> int:
+    """Forget the span; with ``close``, close the tickets opened since it started. Returns how many."""
+    if span_id is None:
+        return 0
+    with _SCOPES_LOCK:
+        before = _SCOPES.pop(span_id, None)
+    if before is None or not close:
+        return 0
+    now = _ACTIVE.get()
+    opened = [t for t in now if not any(t is b for b in before)]
+    for ticket in opened:
+        ticket.close()
+    if opened:
+        _ACTIVE.set(before)
+    return len(opened)
+
+
+class SelectionCloser(BaseEventHandler):
+    """Closes the selections a retrieval opened when it ends, and those of a retrieval or query that raised.
+
+    Closing releases the reservation of a selection no LLM call used. A query's selections that end normally
+    are closed by :class:`~scope_llamaindex.ScopeEventHandler` instead, which records their outcomes.
+    """
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "ScopeSelectionCloser"
+
+    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+        try:
+            if isinstance(event, RetrievalStartEvent | QueryStartEvent):
+                _enter(event.span_id)
+            elif isinstance(event, RetrievalEndEvent | SpanDropEvent):
+                closed = _leave(event.span_id, close=True)
+                if closed and isinstance(event, SpanDropEvent):
+                    logger.debug("closed %d selection(s) of a failed span %s", closed, event.span_id)
+            elif isinstance(event, QueryEndEvent):
+                _leave(event.span_id, close=False)
+        except Exception:
+            logger.warning("could not close a selection on %s", type(event).__name__, exc_info=True)
+
+
+_CLOSER = SelectionCloser()
+_CLOSER_LOCK = threading.Lock()
+
+
+def watch_selections() -> None:
+    """Register the :class:`SelectionCloser` on LlamaIndex's root dispatcher unless it is there already."""
+    root = get_dispatcher()
+    with _CLOSER_LOCK:
+        if not any(h is _CLOSER for h in root.event_handlers):
+            root.add_event_handler(_CLOSER)

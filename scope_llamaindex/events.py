@@ -3,7 +3,8 @@
 Two kinds of routed calls reach :class:`ScopeEventHandler`:
 
 - a :class:`~scope_llamaindex.ScopeLLM` call, announced by one :class:`ScopeCallEvent` carrying the decision,
-  the real token counts and the answer (ScopeLLM has already settled its budget reservation);
+  the real token counts and the answer (ScopeLLM has already settled its budget reservation); an agent's
+  step that answered with tool calls records no outcome (the step after the tool results does);
 - a :class:`~scope_llamaindex.ScopeSelector` selection. The selector opens a *ticket* per selected model
   (:mod:`scope_llamaindex._tickets`); the handler attributes every LLM call that starts in that context on
   the selected model (its ``metadata.model_name``, or an alias) to it, which settles or charges the budget
@@ -55,6 +56,8 @@ class ScopeCallEvent(BaseEvent):
     """Emitted by :class:`~scope_llamaindex.ScopeLLM` when a routed call has finished and been settled.
 
     Token counts are the provider's when ``usage_reported``; otherwise estimated from the text length.
+    ``tool_calls`` counts the tool calls in the answer of a ``chat_with_tools`` call: such a step of an agent
+    is not an answer to the question, so no outcome is recorded for it.
     """
 
     call_id: str
@@ -66,6 +69,7 @@ class ScopeCallEvent(BaseEvent):
     usage_reported: bool
     cost: float
     decision: Decision
+    tool_calls: int = 0
 
     @classmethod
     def class_name(cls) -> str:
@@ -184,6 +188,11 @@ class ScopeEventHandler(FeedbackCounts, BaseEventHandler):
             return True
 
     def _on_call(self, event: ScopeCallEvent) -> None:
+        if event.tool_calls:
+            logger.debug(
+                "call %s (%s) asked for %d tool call(s): no outcome", event.call_id, event.model, event.tool_calls
+            )
+            return
         call = FinishedCall(
             call_id=event.call_id,
             question=event.query,

@@ -4,6 +4,11 @@ Every ``chat``/``complete`` (streaming and async too) asks the engine which mode
 model's LLM, settles the budget reservation with the real token usage, stamps the decision onto the
 response (``response.additional_kwargs["scope"]``) and announces the finished call with a
 :class:`~scope_llamaindex.ScopeCallEvent` for :class:`~scope_llamaindex.ScopeEventHandler`.
+
+``ScopeLLM`` is a ``FunctionCallingLLM``: ``chat_with_tools`` and its forms (what ``FunctionAgent``,
+``predict_and_call`` and structured outputs use) are routed among the wrapped LLMs that support function
+calling, and the chosen one formats the tools and reads its own tool calls. The wrapped LLM's call runs
+inside ScopeLLM's span (streams included), so tracing tools show it as a child of the routed call.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -38,14 +43,19 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
+from llama_index.core.instrumentation.span import active_span_id
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
-from llama_index.core.llms.llm import LLM
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import LLM, ToolSelection
 
 from scope_llamaindex import _cascade
 from scope_llamaindex._responses import measure, prompt_of
 from scope_llamaindex.events import ScopeCallEvent
 from scope_shared import ConfigError, Decision, RouteOptions, ScopeEngine, UnknownModelError
 from scope_shared.cascade import Cascade, CascadePlan, CascadeStep
+
+if TYPE_CHECKING:
+    from llama_index.core.tools.types import BaseTool
 
 __all__ = ["ScopeLLM"]
 
@@ -54,20 +64,71 @@ dispatcher = get_dispatcher(__name__)
 
 R = TypeVar("R", ChatResponse, CompletionResponse)
 
+# The chat kwarg that carries a chat_with_tools request from _prepare_chat_with_tools to chat().
+_TOOLS = "scope_tool_request"
+
+
+@dataclass(frozen=True, slots=True)
+class _ToolRequest:
+    """A ``chat_with_tools`` call, kept whole so the chosen LLM can prepare it in its own format."""
+
+    tools: Sequence[BaseTool]
+    verbose: bool = False
+    allow_parallel_tool_calls: bool = False
+    tool_required: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def arguments(self, messages: Sequence[ChatMessage], extra: Mapping[str, Any]) -> dict[str, Any]:
+        """Keyword arguments of the chosen LLM's ``chat_with_tools`` for ``messages``."""
+        args: dict[str, Any] = {
+            "chat_history": list(messages),
+            "verbose": self.verbose,
+            "allow_parallel_tool_calls": self.allow_parallel_tool_calls,
+            **self.kwargs,
+            **extra,
+        }
+        if self.tool_required:  # passed only when set: integrations older than the flag do not take it
+            args["tool_required"] = True
+        return args
+
+
+def supports_function_calling(llm: LLM) -> bool:
+    """Whether ``llm`` takes tools: a ``FunctionCallingLLM`` whose metadata says it is a function-calling model."""
+    return isinstance(llm, FunctionCallingLLM) and bool(llm.metadata.is_function_calling_model)
+
 
 @dataclass(frozen=True, slots=True)
 class _Call:
-    """A routed call in flight."""
+    """A routed call in flight, and the span (ScopeLLM's) the chosen LLM's call runs under."""
 
     call_id: str
     decision: Decision
     query: str
     prompt: str
     llm: LLM
+    span_id: str | None = None
+    tools: _ToolRequest | None = None
 
     @property
     def model(self) -> str:
         return self.decision.model
+
+    @property
+    def tool_llm(self) -> FunctionCallingLLM:
+        return cast(FunctionCallingLLM, self.llm)
+
+
+@contextmanager
+def _in_span(span_id: str | None) -> Iterator[None]:
+    """Make ``span_id`` the active span: work a stream does lazily nests under the call that opened it."""
+    if span_id is None:
+        yield
+        return
+    token = active_span_id.set(span_id)
+    try:
+        yield
+    finally:
+        active_span_id.reset(token)
 
 
 class _Watch(Generic[R]):
@@ -91,7 +152,7 @@ def last_user_message(messages: Sequence[ChatMessage]) -> str:
     return "\n".join(str(m.content or "") for m in messages)
 
 
-class ScopeLLM(LLM):
+class ScopeLLM(FunctionCallingLLM):
     """Routes each call to one of several LLMs by SCOPE's expected utility.
 
     Args:
@@ -113,9 +174,16 @@ class ScopeLLM(LLM):
             ["cascade"]``: every step and why it stopped. The ``stream_*`` methods run the cascade to its end
             and yield the returned answer as one chunk.
 
+    Tool calls (``chat_with_tools``, ``FunctionAgent``, ``predict_and_call``) are routed among the wrapped
+    LLMs that support function calling (a ``FunctionCallingLLM`` whose ``metadata.is_function_calling_model``
+    is True: the OpenAI, Anthropic, Gemini, Mistral, Bedrock Converse, Ollama integrations, among others);
+    ``metadata.is_function_calling_model`` is True when at least one does, and ``chat_with_tools`` raises
+    :class:`~scope_shared.ConfigError` when none does.
+
     The response's ``additional_kwargs["scope"]`` holds ``call_id``, ``model``, ``decision`` (the decision's
     summary) and, once the call has finished, ``input_tokens``, ``output_tokens``, ``usage_reported`` and
-    ``cost`` (USD). A stream's chunks carry the first three; its last chunk gets the rest when it ends.
+    ``cost`` (USD), and for a tool call ``tool_calls`` (how many the chosen LLM asked for). A stream's chunks
+    carry the first three; its last chunk gets the rest when it ends.
     """
 
     engine: ScopeEngine = Field(exclude=True)
@@ -125,6 +193,8 @@ class ScopeLLM(LLM):
     _query_from: Callable[[Sequence[ChatMessage]], str] | None = PrivateAttr(default=None)
     _count_tokens: Callable[[str], int] | None = PrivateAttr(default=None)
     _warned: set[str] = PrivateAttr(default_factory=set)
+    _tool_models: list[str] = PrivateAttr(default_factory=list)
+    _tool_options: RouteOptions = PrivateAttr(default_factory=RouteOptions)
     _cascade: Cascade | None = PrivateAttr(default=None)
 
     def __init__(
@@ -165,6 +235,8 @@ class ScopeLLM(LLM):
             kwargs["callback_manager"] = callback_manager
         super().__init__(**kwargs)
         self._options = engine.options.merged(given).merged({"candidates": list(llms)})
+        self._tool_models = [name for name, llm in llms.items() if supports_function_calling(llm)]
+        self._tool_options = self._options.merged({"candidates": self._tool_models or list(llms)})
         self._query_from = query_from
         self._count_tokens = count_tokens
         self._cascade = cascade
@@ -181,8 +253,13 @@ class ScopeLLM(LLM):
             context_window=min(m.context_window for m in metas),
             num_output=min(m.num_output for m in metas),
             is_chat_model=all(m.is_chat_model for m in metas),
-            is_function_calling_model=False,
+            is_function_calling_model=bool(self._tool_models),
         )
+
+    @property
+    def tool_models(self) -> list[str]:
+        """The wrapped models that support function calling: the candidates of a tool call."""
+        return list(self._tool_models)
 
     # -- shared helpers: sync and async bodies differ only by await ------------------------------
 
@@ -191,12 +268,23 @@ class ScopeLLM(LLM):
             return int(self._count_tokens(text))
         return int(self.engine.estimate_tokens(text))
 
-    def _route_kwargs(self, query: str, prompt: str) -> dict[str, Any]:
+    def _route_kwargs(self, query: str, prompt: str, tools: _ToolRequest | None) -> dict[str, Any]:
         tokens = float(self._tokens(prompt)) if self._count_tokens is not None or prompt != query else None
-        return {"input_tokens": tokens, "options": self._options}
+        return {"input_tokens": tokens, "options": self._options if tools is None else self._tool_options}
 
-    def _call(self, decision: Decision, query: str, prompt: str) -> _Call:
-        return _Call(uuid.uuid4().hex, decision, query, prompt, self.llms[decision.model])
+    def _call(self, decision: Decision, query: str, prompt: str, tools: _ToolRequest | None) -> _Call:
+        llm = self.llms[decision.model]
+        return _Call(uuid.uuid4().hex, decision, query, prompt, llm, active_span_id.get(), tools)
+
+    def _tool_calls(self, call: _Call, response: Any) -> int:
+        """How many tool calls the chosen LLM finds in its response (0 for a call without tools)."""
+        if call.tools is None:
+            return 0
+        try:
+            return len(call.tool_llm.get_tool_calls_from_response(response, error_on_no_tool_call=False))
+        except Exception:
+            logger.debug("%s: could not read tool calls from its response", call.model, exc_info=True)
+            return 0
 
     def _stamp(self, call: _Call) -> dict[str, Any]:
         return {"call_id": call.call_id, "model": call.model, "decision": call.decision.summary()}
@@ -219,6 +307,9 @@ class ScopeLLM(LLM):
         self.engine.settle(call.decision, cost=cost)
         info = self._stamp(call)
         info.update(input_tokens=inp, output_tokens=out, usage_reported=used.reported, cost=cost)
+        tool_calls = self._tool_calls(call, response)
+        if call.tools is not None:
+            info["tool_calls"] = tool_calls
         response.additional_kwargs["scope"] = info
         if completed:
             dispatcher.event(
@@ -232,6 +323,7 @@ class ScopeLLM(LLM):
                     usage_reported=used.reported,
                     cost=cost,
                     decision=call.decision,
+                    tool_calls=tool_calls,
                 )
             )
         return response
@@ -246,17 +338,17 @@ class ScopeLLM(LLM):
             raise
 
     @contextmanager
-    def _routed(self, query: str, prompt: str) -> Iterator[_Call]:
+    def _routed(self, query: str, prompt: str, tools: _ToolRequest | None = None) -> Iterator[_Call]:
         """Route ``query`` and hold the chosen LLM's call (released if it raises)."""
-        decision = self.engine.route(query, **self._route_kwargs(query, prompt))
-        with self._releasing(self._call(decision, query, prompt)) as call:
+        decision = self.engine.route(query, **self._route_kwargs(query, prompt, tools))
+        with self._releasing(self._call(decision, query, prompt, tools)) as call:
             yield call
 
     @asynccontextmanager
-    async def _arouted(self, query: str, prompt: str) -> AsyncIterator[_Call]:
+    async def _arouted(self, query: str, prompt: str, tools: _ToolRequest | None = None) -> AsyncIterator[_Call]:
         """Async form of :meth:`_routed`."""
-        decision = await self.engine.aroute(query, **self._route_kwargs(query, prompt))
-        with self._releasing(self._call(decision, query, prompt)) as call:
+        decision = await self.engine.aroute(query, **self._route_kwargs(query, prompt, tools))
+        with self._releasing(self._call(decision, query, prompt, tools)) as call:
             yield call
 
     @contextmanager
@@ -276,12 +368,21 @@ class ScopeLLM(LLM):
 
     def _stream(self, call: _Call, chunks: Generator[R, None, None]) -> Generator[R, None, None]:
         with self._watching(call) as watch:
-            for chunk in chunks:
+            while True:
+                with _in_span(call.span_id):
+                    chunk = next(chunks, None)
+                if chunk is None:
+                    return
                 yield watch(chunk)
 
     async def _astream(self, call: _Call, chunks: AsyncGenerator[R, None]) -> AsyncGenerator[R, None]:
         with self._watching(call) as watch:
-            async for chunk in chunks:
+            while True:
+                with _in_span(call.span_id):
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        return
                 yield watch(chunk)
 
     # -- cascades (scope_llamaindex._cascade makes the calls the plan asks for) -------------------
@@ -308,7 +409,7 @@ class ScopeLLM(LLM):
         return await _cascade.adrive(plan, self._starter(query, prompt), ask, self._finish, _call_id)
 
     def _starter(self, query: str, prompt: str) -> Callable[[CascadeStep], _Call]:
-        return lambda step: self._call(step.decision, query, prompt)
+        return lambda step: self._call(step.decision, query, prompt, None)
 
     # -- chat ------------------------------------------------------------------------------------
 
@@ -318,35 +419,130 @@ class ScopeLLM(LLM):
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        if self._cascade is not None:
+        tools = _tool_request(kwargs)
+        if self._cascade is not None and tools is None:  # a tool call's answer is no answer to compare
             return self._cascaded(*self._chat_query(messages), lambda c: c.llm.chat(messages, **kwargs))
-        with self._routed(*self._chat_query(messages)) as call:
-            response = call.llm.chat(messages, **kwargs)
+        with self._routed(*self._chat_query(messages), tools) as call:
+            if call.tools is None:
+                response = call.llm.chat(messages, **kwargs)
+            else:
+                response = call.tool_llm.chat_with_tools(call.tools.tools, **call.tools.arguments(messages, kwargs))
         return self._finish(call, response)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        if self._cascade is not None:
+        tools = _tool_request(kwargs)
+        if self._cascade is not None and tools is None:
             return await self._acascaded(*self._chat_query(messages), lambda c: c.llm.achat(messages, **kwargs))
-        async with self._arouted(*self._chat_query(messages)) as call:
-            response = await call.llm.achat(messages, **kwargs)
+        async with self._arouted(*self._chat_query(messages), tools) as call:
+            if call.tools is None:
+                response = await call.llm.achat(messages, **kwargs)
+            else:
+                response = await call.tool_llm.achat_with_tools(
+                    call.tools.tools, **call.tools.arguments(messages, kwargs)
+                )
         return self._finish(call, response)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        if self._cascade is not None:
+        tools = _tool_request(kwargs)
+        if self._cascade is not None and tools is None:
             done = self._cascaded(*self._chat_query(messages), lambda c: c.llm.chat(messages, **kwargs))
             return _once(_cascade.one_chunk(done))
-        with self._routed(*self._chat_query(messages)) as call:
-            return self._stream(call, call.llm.stream_chat(messages, **kwargs))
+        with self._routed(*self._chat_query(messages), tools) as call:
+            if call.tools is None:
+                chunks = call.llm.stream_chat(messages, **kwargs)
+            else:
+                chunks = call.tool_llm.stream_chat_with_tools(
+                    call.tools.tools, **call.tools.arguments(messages, kwargs)
+                )
+            return self._stream(call, chunks)
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        if self._cascade is not None:
+        tools = _tool_request(kwargs)
+        if self._cascade is not None and tools is None:
             done = await self._acascaded(*self._chat_query(messages), lambda c: c.llm.achat(messages, **kwargs))
             return _aonce(_cascade.one_chunk(done))
-        async with self._arouted(*self._chat_query(messages)) as call:
-            return self._astream(call, await call.llm.astream_chat(messages, **kwargs))
+        async with self._arouted(*self._chat_query(messages), tools) as call:
+            if call.tools is None:
+                chunks = await call.llm.astream_chat(messages, **kwargs)
+            else:
+                chunks = await call.tool_llm.astream_chat_with_tools(
+                    call.tools.tools, **call.tools.arguments(messages, kwargs)
+                )
+            return self._astream(call, chunks)
+
+    # -- function calling ------------------------------------------------------------------------
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """The messages, and the tool request that :meth:`chat` hands whole to the chosen LLM's
+        ``chat_with_tools`` (each integration formats tools its own way)."""
+        if not self._tool_models:
+            msg = (
+                f"none of the wrapped LLMs supports function calling ({self._kinds(self.llms)}); wrap at least one "
+                "FunctionCallingLLM whose metadata.is_function_calling_model is True (e.g. OpenAI, Anthropic), "
+                "or use an agent that needs no tool calling (ReActAgent)"
+            )
+            raise ConfigError(msg)
+        messages = list(chat_history or [])
+        if isinstance(user_msg, str):
+            messages.append(ChatMessage(role=MessageRole.USER, content=user_msg))
+        elif user_msg is not None:
+            messages.append(user_msg)
+        request = _ToolRequest(
+            tools=list(tools),
+            verbose=verbose,
+            allow_parallel_tool_calls=allow_parallel_tool_calls,
+            tool_required=tool_required,
+            kwargs=dict(kwargs),
+        )
+        return {"messages": messages, _TOOLS: request}
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        """The tool calls in a response, read by the LLM that wrote it (named by its ``scope`` stamp)."""
+        scope = response.additional_kwargs.get("scope")
+        model = scope.get("model") if isinstance(scope, Mapping) else None
+        if model in self.llms and model not in self._tool_models:
+            if error_on_no_tool_call:
+                msg = f"{model} answered without tool calls: it does not support function calling"
+                raise ValueError(msg)
+            return []
+        if model in self._tool_models:
+            llm = cast(FunctionCallingLLM, self.llms[model])
+        else:
+            llm = self._unstamped_reader()
+        return llm.get_tool_calls_from_response(response, error_on_no_tool_call=error_on_no_tool_call, **kwargs)
+
+    def _unstamped_reader(self) -> FunctionCallingLLM:
+        """The LLM that reads tool calls of a response this ScopeLLM did not stamp: any, if all are one kind."""
+        if not self._tool_models:
+            msg = f"none of the wrapped LLMs supports function calling ({self._kinds(self.llms)})"
+            raise ConfigError(msg)
+        tool_llms = {name: self.llms[name] for name in self._tool_models}
+        if len({type(llm) for llm in tool_llms.values()}) > 1:
+            msg = (
+                "this response carries no additional_kwargs['scope'] naming the model that wrote it, and the "
+                f"function-calling LLMs read tool calls differently ({self._kinds(tool_llms)}); pass a "
+                "response this ScopeLLM returned"
+            )
+            raise ConfigError(msg)
+        return cast(FunctionCallingLLM, tool_llms[self._tool_models[0]])
+
+    @staticmethod
+    def _kinds(llms: Mapping[str, LLM]) -> str:
+        return ", ".join(f"{name}: {type(llm).__name__}" for name, llm in llms.items())
 
     # -- completion ------------------------------------------------------------------------------
 
@@ -376,9 +572,7 @@ class ScopeLLM(LLM):
             return self._stream(call, call.llm.stream_complete(prompt, formatted=formatted, **kwargs))
 
     @llm_completion_callback()
-    async def astream_complete(
-        self, prompt: str, formatted: bool = False, **kwargs: Any
-    ) -> CompletionResponseAsyncGen:
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         if self._cascade is not None:
             ask = lambda c: c.llm.acomplete(prompt, formatted=formatted, **kwargs)  # noqa: E731
             return _aonce(_cascade.one_chunk(await self._acascaded(prompt, prompt, ask)))
@@ -396,3 +590,12 @@ def _once(response: R) -> Generator[R, None, None]:
 
 async def _aonce(response: R) -> AsyncGenerator[R, None]:
     yield response
+
+
+def _tool_request(kwargs: dict[str, Any]) -> _ToolRequest | None:
+    """Take the tool request :meth:`ScopeLLM._prepare_chat_with_tools` put into a chat's kwargs."""
+    request = kwargs.pop(_TOOLS, None)
+    if request is not None and not isinstance(request, _ToolRequest):
+        msg = f"{_TOOLS} is ScopeLLM's own chat argument; got {type(request).__name__}"
+        raise ConfigError(msg)
+    return request

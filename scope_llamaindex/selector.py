@@ -1,8 +1,8 @@
 """SCOPE as a LlamaIndex selector, for ``RouterQueryEngine`` and ``RouterRetriever``.
 
-Each choice's ``ToolMetadata.name`` names a model of the engine; the selector routes the query over those
-models and returns the winner (or the top ``max_outputs`` by utility within the cost limits) with a reason
-that explains the decision.
+Each choice stands for a model of the engine: its ``ToolMetadata.name`` is the model's name, or a key of
+``aliases`` that maps it to one. The selector routes the query over those models and returns the winner (or
+the top ``max_outputs`` by utility within the cost limits) with a reason that explains the decision.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.core.schema import QueryBundle
 from llama_index.core.tools.types import ToolMetadata
 
-from scope_llamaindex._tickets import Ticket, open_tickets
+from scope_llamaindex._tickets import Ticket, open_tickets, watch_selections
 from scope_shared import ConfigError, Decision, RouteOptions, ScopeEngine, UnknownModelError
 
 __all__ = ["ScopeSelection", "ScopeSelector", "explain"]
@@ -27,13 +27,15 @@ logger = logging.getLogger(__name__)
 
 
 class ScopeSelection(SingleSelection):
-    """A :class:`SingleSelection` that also carries the SCOPE decision behind it.
+    """A :class:`SingleSelection` that also carries the SCOPE decision behind it: ``model`` (the engine
+    model chosen), ``tool`` (the chosen tool's name: the model's, or its alias), ``decision``, ``call_id``.
 
     ``input_tokens``, ``output_tokens`` and ``cost`` sum the LLM calls attributed to this selection by a
     registered :class:`~scope_llamaindex.ScopeEventHandler` (zero without one).
     """
 
     model: str
+    tool: str
     call_id: str
     decision: Decision
     _ticket: Ticket | None = PrivateAttr(default=None)
@@ -95,7 +97,11 @@ class ScopeSelector(BaseSelector):
     """Selects among tools named after the engine's models by SCOPE's expected utility.
 
     Args:
-        engine: the routing engine; every choice's ``ToolMetadata.name`` must be one of its models.
+        engine: the routing engine; every choice's ``ToolMetadata.name`` must be one of its models or a key
+            of ``aliases``.
+        aliases: tool name -> engine model, for tools not named after their model (``{"docs_fast":
+            "mistralai/mistral-7b-chat"}``). SCOPE chooses between models, so two tools of one model are
+            refused.
         options: :class:`~scope_shared.RouteOptions` (or a mapping of its fields) laid over the engine's, e.g.
             ``{"value_per_correct": 0.01}``; the same fields may also be given as keywords
             (``value_per_correct=0.01``). They are laid over ``engine.options`` once, at construction (the
@@ -104,7 +110,9 @@ class ScopeSelector(BaseSelector):
             cost limits (each extra one must also fit the budget), like ``PydanticMultiSelector``.
         reserve: with a budget, hold each selected model's expected cost until a registered
             :class:`~scope_llamaindex.ScopeEventHandler` settles it with the real cost of its LLM calls
-            (or :meth:`release` is called). ``False`` decides without consulting the budget.
+            (or :meth:`release` is called). A ``RouterRetriever`` selection is held only while its retrieval
+            runs (a retrieval makes no LLM call): it is released when ``retrieve()`` returns or raises.
+            ``False`` decides without consulting the budget.
         count_tokens: counts a query's prompt tokens for the cost estimate (default: the store's
             characters-per-token estimate).
     """
@@ -114,6 +122,7 @@ class ScopeSelector(BaseSelector):
         *,
         engine: ScopeEngine,
         options: RouteOptions | Mapping[str, Any] | None = None,
+        aliases: Mapping[str, str] | None = None,
         max_outputs: int = 1,
         reserve: bool = True,
         count_tokens: Callable[[str], int] | None = None,
@@ -130,10 +139,12 @@ class ScopeSelector(BaseSelector):
             msg = "count_tokens must be a callable str -> int, or None"
             raise ConfigError(msg)
         self.engine = engine
+        self.aliases = _checked_aliases(engine, aliases)
         self.options = engine.options.merged(given)
         self.max_outputs = max_outputs
         self.reserve = reserve
         self.count_tokens = count_tokens
+        watch_selections()
 
     def __repr__(self) -> str:
         return f"ScopeSelector(engine={self.engine!r}, max_outputs={self.max_outputs})"
@@ -150,24 +161,36 @@ class ScopeSelector(BaseSelector):
     # -- selection -----------------------------------------------------------------------------
 
     def _candidates(self, choices: Sequence[ToolMetadata]) -> list[str]:
+        """The engine model each choice stands for, in the choices' order."""
         known = sorted(self.engine.models)
-        names: list[str] = []
+        models: list[str] = []
         for i, choice in enumerate(choices):
             name = choice.name
             if not name:
                 msg = f"choice {i} has no name; name each tool after one of the engine's models: {known}"
                 raise ConfigError(msg)
-            if name not in self.engine.models:
-                msg = f"choice {i} is named {name!r}, not a model of the engine; name each tool after one of {known}"
+            model = self.aliases.get(name, name)
+            if model not in self.engine.models:
+                msg = (
+                    f"choice {i} is named {name!r}, not a model of the engine nor a key of aliases=; name each "
+                    f"tool after one of {known}, or map it: ScopeSelector(aliases={{{name!r}: <model>}})"
+                )
                 raise UnknownModelError(msg)
-            if name in names:
-                msg = f"choices {names.index(name)} and {i} are both named {name!r}; one tool per model"
+            if model in models:
+                j = models.index(model)
+                if choices[j].name == name:
+                    msg = f"choices {j} and {i} are both named {name!r}; one tool per model"
+                else:
+                    msg = (
+                        f"choices {j} ({choices[j].name!r}) and {i} ({name!r}) both stand for {model!r}; SCOPE "
+                        "chooses between models: one tool per model"
+                    )
                 raise ConfigError(msg)
-            names.append(name)
-        if not names:
+            models.append(model)
+        if not models:
             msg = "no choices to select from"
             raise ConfigError(msg)
-        return names
+        return models
 
     def _route_kwargs(self, query: QueryBundle, names: list[str]) -> dict[str, Any]:
         tokens = float(self.count_tokens(query.query_str)) if self.count_tokens is not None else None
@@ -176,12 +199,12 @@ class ScopeSelector(BaseSelector):
     def _select(self, choices: Sequence[ToolMetadata], query: QueryBundle) -> SelectorResult:
         names = self._candidates(choices)
         decision = self.engine.route(query.query_str, **self._route_kwargs(query, names))
-        return self._result(decision, names)
+        return self._result(decision, names, choices)
 
     async def _aselect(self, choices: Sequence[ToolMetadata], query: QueryBundle) -> SelectorResult:
         names = self._candidates(choices)
         decision = await self.engine.aroute(query.query_str, **self._route_kwargs(query, names))
-        return self._result(decision, names)
+        return self._result(decision, names, choices)
 
     def _extras(self, decision: Decision) -> list[Decision]:
         """The next-best candidates within the cost limits, each with its own reservation."""
@@ -205,15 +228,18 @@ class ScopeSelector(BaseSelector):
             extras.append(extra)
         return extras
 
-    def _result(self, decision: Decision, names: list[str]) -> SelectorResult:
+    def _result(self, decision: Decision, names: list[str], choices: Sequence[ToolMetadata]) -> SelectorResult:
         decisions = [decision] + (self._extras(decision) if self.max_outputs > 1 else [])
+        watch_selections()
         tickets = open_tickets(self.engine, decisions)
         selections: list[SingleSelection] = []
         for d, ticket in zip(decisions, tickets, strict=True):
+            index = names.index(d.model)
             sel = ScopeSelection(
-                index=names.index(d.model),
+                index=index,
                 reason=explain(decision, d.model),
                 model=d.model,
+                tool=str(choices[index].name),
                 call_id=ticket.call_id,
                 decision=d,
             )
@@ -225,8 +251,9 @@ class ScopeSelector(BaseSelector):
     def release(self, result: Any) -> int:
         """Release the reservations of selections whose models were never called; returns how many.
 
-        Use it after a ``RouterRetriever`` retrieval, or when the routed call never ran. ``result`` is a
-        ``SelectorResult``, a router ``Response`` (its ``metadata["selector_result"]``) or a ScopeSelection.
+        Use it when you call :meth:`select` yourself and the routed call never runs (a router's retrievals
+        and failed queries are released on their own). ``result`` is a ``SelectorResult``, a router
+        ``Response`` (its ``metadata["selector_result"]``) or a ScopeSelection.
         """
         if isinstance(result, ScopeSelection):
             selections: list[Any] = [result]
@@ -242,3 +269,19 @@ class ScopeSelector(BaseSelector):
             if isinstance(ticket, Ticket) and ticket.calls == 0 and ticket.close():
                 released += ticket.decision.reservation_id is not None
         return released
+
+
+def _checked_aliases(engine: ScopeEngine, aliases: Mapping[str, str] | None) -> dict[str, str]:
+    if aliases is None:
+        return {}
+    if not isinstance(aliases, Mapping):
+        msg = f"aliases must be a mapping of tool name -> engine model, got {type(aliases).__name__}"
+        raise ConfigError(msg)
+    for tool, model in aliases.items():
+        if not isinstance(tool, str) or not tool:
+            msg = f"aliases keys must be tool names (non-empty str), got {tool!r}"
+            raise ConfigError(msg)
+        if model not in engine.models:
+            msg = f"aliases[{tool!r}] = {model!r} is not a model of the engine; known: {sorted(engine.models)}"
+            raise UnknownModelError(msg)
+    return dict(aliases)

@@ -1,4 +1,4 @@
-"""The ``scope-router`` command: ingest, route, evaluate, demo, store check/repair.
+"""The ``scope-router`` command: ingest, profile, route, evaluate, demo, store check/repair.
 
 Errors print one line to stderr and exit with status 2; secrets are read from environment variables
 named on the command line, never from the arguments themselves.
@@ -43,7 +43,7 @@ def _embedder(name: str) -> Any:
     return embedder_named(name)
 
 
-def _store(args: argparse.Namespace, *, must_exist: bool = False) -> Any:
+def _store(args: argparse.Namespace, *, must_exist: bool = False, embedder: Any = None) -> Any:
     from scope_shared.store import AnchorStore
 
     if not args.chroma_host:
@@ -53,7 +53,10 @@ def _store(args: argparse.Namespace, *, must_exist: bool = False) -> Any:
             msg = f"--store {path}: {blocker} is a file; the store is a directory"
             raise ConfigError(msg)
         if must_exist and not path.exists():
-            msg = f"no anchor store at {path}; build one with: scope-router ingest --store {path} OUTCOMES_FILE"
+            msg = (
+                f"no anchor store at {path}; build one with: scope-router ingest --store {path} --suite default "
+                "(or OUTCOMES_FILE)"
+            )
             raise ConfigError(msg)
     token = None
     if args.chroma_token_env:
@@ -70,9 +73,18 @@ def _store(args: argparse.Namespace, *, must_exist: bool = False) -> Any:
         verify=args.chroma_ca or True,
         timeout=args.chroma_timeout,
         collection=args.collection,
-        embedder=_embedder(args.embedder),
+        embedder=embedder if embedder is not None else _embedder(args.embedder),
         hnsw={"ef_search": args.ef_search} if args.ef_search is not None else None,
     )
+
+
+def _suite_embedder(suite: Any, name: str) -> Any:
+    """The suite's precomputed vectors over embedder ``name`` when it holds that embedder's; else the embedder."""
+    inner = _embedder(name)
+    if suite.vector_embedder != inner.name:
+        logger.info("suite %r holds no vectors of %s: its questions are embedded", suite.name, inner.name)
+        return inner
+    return suite.embedder(inner)
 
 
 def _routing(args: argparse.Namespace) -> dict[str, Any]:
@@ -95,12 +107,28 @@ def _fmt_value(v: float | None) -> str:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from scope_shared.data import load_outcomes
 
-    store = _store(args)
-    total = 0
+    if not args.files and not args.suite:
+        msg = "nothing to ingest: give outcome files, or --suite default (or a suite folder or CSV)"
+        raise ConfigError(msg)
+    suite = None
+    if args.suite:
+        from scope_shared.suites import load_suite
+
+        suite = load_suite(args.suite)
+    store = _store(args, embedder=_suite_embedder(suite, args.embedder) if suite is not None else None)
+    if suite is not None:
+        from scope_shared.suites import seed_store
+
+        t0 = time.perf_counter()
+        report = seed_store(store, suite, progress=not args.quiet)
+        _out(
+            f"suite {suite.name!r}: {report.outcomes} outcomes of {len(suite.models)} reference models on "
+            f"{len(suite)} questions, {report.anchors_new} new anchors, {report.anchors_updated} updated, "
+            f"in {time.perf_counter() - t0:.1f} s"
+        )
     for f in args.files:
         rows = load_outcomes(f)
         report = store.add(rows, progress=not args.quiet)
-        total += report.outcomes
         _out(f"{f}: {report.outcomes} outcomes, {report.anchors_new} new anchors, {report.anchors_updated} updated")
     _out(f"store {store!r}: {store.count()} anchors, {len(store.model_stats())} models")
     if args.estimator == "learned":  # fit once now and save it with the store: every router loads it
@@ -109,6 +137,89 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         fit = LearnedEstimator(k=args.k).fit(store)
         _out(f"learned estimator fitted on {fit.fit_anchors} of {fit.anchors} anchors in {fit.seconds:.1f}s, saved")
     return 0
+
+
+def _template(path: str | None) -> tuple[str | None, str | None]:
+    """``--template FILE``: (system message, user template). A ``.json`` file holds ``{"system": ..., "user": ...}``;
+    any other file is the user template."""
+    if not path:
+        return None, None
+    from scope_shared.profile import check_template
+
+    text = Path(path).read_text(encoding="utf-8")
+    if not path.endswith(".json"):
+        return None, check_template(text, where=path)
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        msg = f"--template {path}: not valid JSON ({exc.msg} at line {exc.lineno})"
+        raise ConfigError(msg) from None
+    if not isinstance(spec, dict) or not set(spec) <= {"system", "user"} or not spec:
+        msg = f'--template {path}: expected {{"system": "...", "user": "...{{prompt}}..."}} (either key optional)'
+        raise ConfigError(msg)
+    system, user = spec.get("system"), spec.get("user")
+    if not all(v is None or isinstance(v, str) for v in (system, user)):
+        msg = f"--template {path}: system and user must be text"
+        raise ConfigError(msg)
+    return system or None, None if user is None else check_template(user, where=path)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from scope_shared.data import load_prices
+    from scope_shared.profile import OpenAIChatCall, profile
+    from scope_shared.suites import load_suite
+
+    cards = {c.name: c for c in load_prices(args.prices)}
+    if args.model not in cards:
+        msg = (
+            f"model {args.model!r} is not in {args.prices}; add a row: {args.model},INPUT_USD_PER_MTOK,"
+            f"OUTPUT_USD_PER_MTOK (it has {len(cards)} models)"
+        )
+        raise ConfigError(msg)
+    if not args.dry_run and not args.base_url:
+        msg = "--base-url is required (the OpenAI-compatible endpoint serving the model), except with --dry-run"
+        raise ConfigError(msg)
+    system, template = _template(args.template)
+    if system and template is None:  # a system message changes the setup: the report says templated
+        template = "{prompt}"
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            msg = f"environment variable {args.api_key_env} (--api-key-env) is not set"
+            raise ConfigError(msg)
+    suite = load_suite(args.suite)
+    store = _store(args, must_exist=True, embedder=_suite_embedder(suite, args.embedder))
+    call = OpenAIChatCall(
+        base_url=args.base_url or "http://unused.invalid/v1",
+        model=args.served_model or args.model,
+        api_key=api_key,
+        system=system,
+        max_tokens=args.max_tokens,
+        timeout=args.timeout,
+    )
+    if not args.dry_run:
+        call.check()
+    report = profile(
+        store,
+        model=cards[args.model],
+        call=call,
+        suite=suite,
+        n=args.n,
+        select=args.select,
+        max_cost=args.max_cost,
+        concurrency=args.concurrency,
+        template=template,
+        seed=args.seed,
+        progress=False if args.quiet else None,
+        dry_run=args.dry_run,
+        retries=args.retries,
+    )
+    for line in report.lines():
+        _out(line)
+    if args.json:
+        _out(f"report: {report.save(args.json)}")
+    return 0 if args.dry_run or report.complete else 1
 
 
 def cmd_route(args: argparse.Namespace) -> int:
@@ -260,6 +371,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         holdout_anchors=args.holdout_anchors,
         holdout_seed=args.holdout_seed,
         cascade=cascade,
+        holdout_select=args.holdout_select,
     )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -280,49 +392,109 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_singles(singles: dict[str, dict[str, float]], keep: str) -> tuple[list[str], int]:
+    """The single models worth a row, most accurate first: those no other model matches in accuracy for less
+    (or beats for the same), and ``keep``; and how many others there are."""
+
+    def dominated(name: str) -> bool:
+        a, c = singles[name]["accuracy"], singles[name]["cost"]
+        return any(
+            o != name and s["accuracy"] >= a and s["cost"] <= c and (s["accuracy"] > a or s["cost"] < c)
+            for o, s in singles.items()
+        )
+
+    shown = [n for n in singles if n == keep or not dominated(n)]
+    shown.sort(key=lambda n: (-singles[n]["accuracy"], singles[n]["cost"]))
+    return shown, len(singles) - len(shown)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from scope_shared.evaluation import evaluate, plot_report
+    from scope_shared.demo import DEMO_MODELS, DemoData, run_journey
+    from scope_shared.evaluation import DEFAULT_VALUES, plot_report
+    from scope_shared.suites import load_suite
 
-    data = Path(args.data)
-    files = [data / "anchors.csv.gz", data / "test.csv.gz", data / "prices.csv"]
-    missing = [str(f) for f in files if not f.exists()]
-    if missing:
-        msg = f"demo data not found: {missing}; pass --data DIR (a folder of ../shared/data)"
-        raise ConfigError(msg)
     t0 = time.perf_counter()
-    _out(f"building an anchor store from {files[0]} and routing the held-out queries of {files[1]} ...")
+    data = DemoData.load(args.data)
+    model = args.new_model or DEMO_MODELS.get(data.source)
+    if not model:
+        msg = f"no default new model for {data.source!r}: pass --new-model (a model with recorded responses there)"
+        raise ConfigError(msg)
+    suite = load_suite(args.suite)
+    _out(
+        f"bring your own model, replayed on {data.source}: {model} is left out of a store from suite "
+        f"{suite.name!r}, served as new by a replay server, profiled on {args.n} {args.select} anchors, then routed"
+    )
     values = [v for _, v in DEMO_SETTINGS]
-    from scope_shared.evaluation import DEFAULT_VALUES
-
-    report = evaluate(*files, embedder=_embedder(args.embedder), k=args.k, values=[*DEFAULT_VALUES, *values])
-    rt = report["routing"]
+    trip = run_journey(
+        data=data,
+        suite=suite,
+        model=model,
+        inner=_embedder(args.embedder),
+        n=args.n,
+        select=args.select,
+        seed=args.seed,
+        k=args.k,
+        values=[*DEFAULT_VALUES, *values],
+    )
+    report, rt, new = trip.report, trip.report["routing"], trip.name
+    stats = trip.store.model_stats()
+    _out("")
+    _out(
+        f"1. store: {trip.store.count()} anchors of suite {suite.name!r} with {len(stats) - 1} reference models' "
+        f"outcomes ({model}'s left out), from its precomputed vectors, in {trip.seconds['store']:.1f} s"
+    )
+    _out(f"2. profile: {new} through the replay server over HTTP ({trip.answered} answers served)")
+    for line in trip.profile.lines():
+        _out(f"   {line}" if line else "")
+    left = ", ".join(f"{task} ({n} queries)" for task, n in sorted(trip.left_out.items()))
+    _out("")
+    _out(
+        f"3. route: {rt['queries']} held-out test queries of {', '.join(trip.tasks)} (the tasks the suite covers"
+        f"{'; left out: ' + left if left else ''}), {len(rt['pool'])} models, in {trip.seconds['route']:.1f} s; "
+        "mean cost per query in USD"
+    )
+    _out("")
     points = {pt["value_per_correct"]: pt for pt in rt["curve"]}
-    _out("")
-    _out(f"{len(rt['pool'])} models, {rt['queries']} held-out queries; mean cost per query in USD")
-    _out("")
-    _out(f"{'':44} {'accuracy':>9} {'cost/query':>12} {'vs best single':>15}")
     best_cost = rt["best_single"]["cost"]
+    _out(f"{'':44} {'accuracy':>9} {'cost/query':>12} {'vs best single':>15} {'new model share':>16}")
     for label, v in DEMO_SETTINGS:
         pt = points[v]
         _out(
-            f"{'scope-router ' + label + ' (value ' + _fmt_value(v) + ')':44} {pt['accuracy']:9.3f} "
-            f"{pt['cost']:12.6f} {pt['cost'] / best_cost:14.2f}x"
+            f"{'scope-router ' + label + (' (accuracy only)' if v is None else f' (value ${v:g})'):44} "
+            f"{pt['accuracy']:9.3f} {pt['cost']:12.6f} {pt['cost'] / best_cost:14.2f}x "
+            f"{pt['model_share'].get(new, 0.0):16.3f}"
         )
     _out(
         f"{'oracle (cheapest correct model)':44} {rt['oracle']['accuracy']:9.3f} {rt['oracle']['cost']:12.6f} "
         f"{rt['oracle']['cost'] / best_cost:14.2f}x"
     )
-    for name, s in sorted(rt["singles"].items(), key=lambda kv: -kv[1]["accuracy"]):
-        _out(f"{name[:44]:44} {s['accuracy']:9.3f} {s['cost']:12.6f} {s['cost'] / best_cost:14.2f}x")
+    shown, more = _demo_singles(rt["singles"], new)
+    for name in shown:
+        s = rt["singles"][name]
+        note = " (best single)" if name == rt["best_single"]["model"] else " (new)" if name == new else ""
+        label = name[: 44 - len(note)] + note
+        _out(f"{label:44} {s['accuracy']:9.3f} {s['cost']:12.6f} {s['cost'] / best_cost:14.2f}x")
+    if more:
+        _out(f"({more} more models, each less accurate and dearer than one above)")
     _out("")
+    auroc = report["estimation"]["auroc_per_model"].get(new)
+    share = sum(pt["model_share"].get(new, 0.0) for pt in rt["curve"]) / len(rt["curve"])
+    _out(
+        f"new model {new}: auroc_within_model={'n/a' if auroc is None else f'{auroc:.3f}'} from its "
+        f"{len(trip.profile.recorded)} profiled anchors; share of the router's picks {share:.3f} "
+        "(mean over the value sweep)"
+    )
     for line in _summary_lines(report):
         _out(line)
     out = Path(args.out)
-    plot = plot_report(report, out / "demo_curve.png", title=f"scope-router on {data.name}")
-    (out / "demo_report.json").write_text(json.dumps(report, indent=2))
+    plot = plot_report(report, out / "demo_curve.png", title=f"scope-router on {data.source}, {new} profiled")
+    (out / "demo_report.json").write_text(json.dumps(trip.to_dict(), indent=2))
     _out(f"plot:   {plot}")
     _out(f"report: {out / 'demo_report.json'}")
-    _out(f"wall time: {time.perf_counter() - t0:.1f} s")
+    _out(
+        f"wall time: {time.perf_counter() - t0:.1f} s (store {trip.seconds['store']:.1f} s, profile "
+        f"{trip.seconds['profile']:.1f} s, route {trip.seconds['route']:.1f} s)"
+    )
     return 0
 
 
@@ -367,9 +539,44 @@ def _parser() -> argparse.ArgumentParser:
         choices=["learned", "anchors"],
         help="learned: fit it after loading and save the fit with the store (anchors: nothing to fit)",
     )
-    sp.add_argument("files", nargs="+")
+    sp.add_argument("files", nargs="*", help="outcome files (CSV/JSONL, .gz)")
+    sp.add_argument(
+        "--suite",
+        help="seed the store with an anchor suite: 'default' (packaged), a suite folder, or a CSV of your questions",
+    )
     sp.add_argument("-q", "--quiet", action="store_true")
     sp.set_defaults(fn=cmd_ingest)
+
+    sp = sub.add_parser(
+        "profile",
+        help="run a new model over a suite's anchors through an OpenAI-compatible endpoint; grade and record it",
+        description="Exit status: 0 when every chosen anchor has an outcome of the model (or --dry-run), 1 when "
+        "the run stopped short (the cost cap, refused anchors), 2 on an error, 130 when interrupted.",
+    )
+    store_args(sp)
+    sp.add_argument("--embedder", default="minilm", choices=EMBEDDERS, help="the embedder the store was built with")
+    sp.add_argument("--model", required=True, help="the model's name: outcomes are recorded under it")
+    sp.add_argument("--base-url", help="the OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    sp.add_argument("--served-model", help="the model name the endpoint serves, when it differs from --model")
+    sp.add_argument("--api-key-env", help="name of the env var holding the endpoint's API key")
+    sp.add_argument("--prices", required=True, help="prices CSV: model,input_per_mtok,output_per_mtok")
+    sp.add_argument("--suite", default="default", help="'default', a suite folder, or a CSV of your questions")
+    sp.add_argument("--n", type=int, default=100, help="anchors to profile on (default 100)")
+    sp.add_argument("--select", default="random", choices=["random", "informative", "all"])
+    sp.add_argument("--seed", type=int, default=0, help="seed of the anchor choice")
+    sp.add_argument("--max-cost", type=float, help="USD cap on the run's spend; stops cleanly at it")
+    sp.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
+    sp.add_argument("--max-tokens", type=int, help="cap on each answer's tokens (default: the server's)")
+    sp.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one answer")
+    sp.add_argument("--retries", type=int, default=6, help="further attempts after a 429, 5xx or timeout")
+    sp.add_argument(
+        "--template",
+        help="prompt template file: text with {prompt} (or {query}, {instruction}), or JSON {\"system\", \"user\"}",
+    )
+    sp.add_argument("--dry-run", action="store_true", help="print the expected cost; call nothing")
+    sp.add_argument("--json", help="write the report (one entry per anchor) here")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(fn=cmd_profile)
 
     sp = sub.add_parser("route", help="decide which model should answer a query, and show why")
     store_args(sp)
@@ -403,6 +610,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--cascade-max-calls", type=int, default=4, help="calls per query a cascade makes at most")
     sp.add_argument("--cascade-candidates", type=int, default=8, help="models a cascade considers per query")
     sp.add_argument("--cascade-factors", type=int, default=1, choices=[1, 2], help="latent difficulty factors")
+        "--holdout-select",
+        default="random",
+        choices=["random", "informative"],
+        help="how held-out models' anchors are chosen: random, or informative (docs/anchor_selection.md)",
+    )
     sp.set_defaults(fn=cmd_evaluate)
 
     sp = sub.add_parser("store", help="compare the running totals with a full scan (check), or recount them (repair)")
@@ -416,10 +628,19 @@ def _parser() -> argparse.ArgumentParser:
         ap.add_argument("--embedder", default="minilm", choices=EMBEDDERS, help="the embedder the store was built with")
         ap.set_defaults(fn=cmd_store)
 
-    sp = sub.add_parser("demo", help="build a store from shared data, route held-out queries, compare")
+    sp = sub.add_parser(
+        "demo",
+        help="bring your own model, replayed: a store from the suite, a recorded model profiled as new through a "
+        "replay server, the dataset's held-out queries routed with it",
+    )
     model_args(sp)
-    sp.add_argument("--data", default=str(DEFAULT_DATA))
-    sp.add_argument("--out", default="out")
+    sp.add_argument("--data", default=str(DEFAULT_DATA), help="a dataset folder of ../shared/data")
+    sp.add_argument("--new-model", help="the recorded model played as new (default: one per dataset)")
+    sp.add_argument("--n", type=int, default=50, help="anchors to profile it on (default 50)")
+    sp.add_argument("--select", default="informative", choices=["random", "informative", "all"])
+    sp.add_argument("--seed", type=int, default=0, help="seed of the anchor choice")
+    sp.add_argument("--suite", default="default", help="'default' (packaged) or a suite folder")
+    sp.add_argument("--out", default="out", help="folder for demo_report.json and demo_curve.png")
     sp.set_defaults(fn=cmd_demo)
     return p
 

@@ -3,51 +3,42 @@
 Adapters talk to the engine only: they route (:meth:`ScopeEngine.route` and its batch and async forms, with
 :class:`~scope_shared.types.RouteOptions`), settle, release, record, and use the small facades here
 (:meth:`~ScopeEngine.estimate_tokens`, :meth:`~ScopeEngine.reserve_next`, :meth:`~ScopeEngine.charge`);
-they never reach the store or the ledger. ``route()`` and ``aroute()`` share the pure helpers below, so
+they never reach the store or the ledger. The engine orchestrates stages kept in their own modules:
+:mod:`scope_shared._estimate` (queries -> anchor contexts -> priced estimates; :class:`ScopeEngine` extends its
+:class:`~scope_shared._estimate.Estimation`), :mod:`scope_shared._decide` (choosing and reserving) and
+:mod:`scope_shared.recorder` (writing outcomes). ``route()`` and ``aroute()`` share those pure helpers, so
 their bodies differ only by ``await``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
-import os
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from scope_shared._decide import candidates_left, decide, keep_degraded, reserve_next, settle_expected
+from scope_shared._estimate import MAX_QUERY_CHARS, Estimation
 from scope_shared.budget import Budget, BudgetLedger
-from scope_shared.errors import (
-    BudgetExceededError,
-    ConfigError,
-    EstimatorUnavailableError,
-    StoreUnavailableError,
-    UnknownModelError,
-)
+from scope_shared.errors import ConfigError, UnknownModelError
 from scope_shared.escalation import Escalation
-from scope_shared.estimators.anchors import AnchorStatsEstimator
-from scope_shared.estimators.base import Estimator, QueryContext, most_anchors
-from scope_shared.estimators.learned import LearnedEstimator
-from scope_shared.policy import OnNoFit, choose
-from scope_shared.recorder import Recorder
+from scope_shared.estimators.anchors import Prior
+from scope_shared.estimators.base import Estimator
+from scope_shared.policy import OnNoFit
+from scope_shared.recorder import Recorder, unsent_path
 from scope_shared.store import AnchorStore
-from scope_shared.types import Decision, Estimate, ModelCard, ModelStats, Outcome, RouteOptions
+from scope_shared.types import Decision, Estimate, ModelCard, Outcome, RouteOptions
 
 __all__ = ["MAX_QUERY_CHARS", "ScopeEngine"]
 
 logger = logging.getLogger(__name__)
 
-#: Characters of a query used for retrieval and estimation; longer queries are truncated (the default
-#: embedder reads at most 256 word pieces anyway). Costs still use the full length.
-MAX_QUERY_CHARS = 8000
-
 Options = RouteOptions | Mapping[str, Any] | None
 
 
-class ScopeEngine:
+class ScopeEngine(Estimation):
     """Routes each query to the candidate model with the best expected utility under the cost limits.
 
     Args:
@@ -71,13 +62,20 @@ class ScopeEngine:
             unreachable (decision marked degraded); ``"raise"`` fails fast.
         reserve_factor: reservations hold ``expected cost x reserve_factor`` (>= 1 leaves headroom for
             calls longer than expected).
-        write_behind: seconds a recorded outcome may wait before it is written (0, the default: ``record``
+        write_behind: seconds a recorded outcome may wait before it is written (default 0.5; 0: ``record``
             writes at once). Above 0, ``record`` settles the budget and returns; a background thread writes
-            what was recorded in one batch at most this long after the first outcome queued. Writing the
+            what was recorded in one batch at most this long after the first outcome queued, so a routed call's
+            outcome is visible to decisions up to that long after it is recorded (:meth:`flush` at once). Writing the
             outcome of a call costs one Chroma write (20-40 ms at 100k anchors), which the LangChain and
             LlamaIndex handlers otherwise pay in the call's own thread. :meth:`flush` writes at once;
             :meth:`close` (also run at interpreter exit, and on SIGTERM when the program has no handler of its
             own) writes what is left and stops the thread.
+        priors: for models with no recorded outcome yet (a new model not profiled), a
+            :class:`~scope_shared.estimators.Prior` (stated accuracy and length) or the name of a similar model
+            whose per-query estimate stands in; those estimates and decisions are marked degraded. Used until
+            the model has outcomes (:mod:`scope_shared.priors`).
+        store_retry_s: after the store failed (down, or no answer within its timeout), decisions for this many
+            seconds skip it and degrade at once instead of each waiting out the timeout.
         unsent: a file for recorded outcomes still unwritten when the process exits (the store was down):
             the next engine over the same store replays it. ``"auto"``: one per store under
             ``$XDG_STATE_HOME/scope-router/unsent/`` (none for an in-memory store); None: such outcomes are
@@ -99,8 +97,10 @@ class ScopeEngine:
         on_no_fit: OnNoFit = "raise",
         on_store_down: str = "degrade",
         reserve_factor: float = 1.0,
-        write_behind: float = 0.0,
+        write_behind: float = 0.5,
         unsent: str | Path | None = "auto",
+        store_retry_s: float = 5.0,
+        priors: Mapping[str, Prior | str] | None = None,
     ) -> None:
         cards = list(models)
         if not cards:
@@ -111,14 +111,8 @@ class ScopeEngine:
         if dupes:
             msg = f"duplicate model names: {dupes}"
             raise ConfigError(msg)
-        if k < 1:
-            msg = f"k must be >= 1, got {k}"
-            raise ConfigError(msg)
         if on_no_fit not in ("raise", "cheapest"):
             msg = f"on_no_fit must be 'raise' or 'cheapest', got {on_no_fit!r}"
-            raise ConfigError(msg)
-        if on_store_down not in ("degrade", "raise"):
-            msg = f"on_store_down must be 'degrade' or 'raise', got {on_store_down!r}"
             raise ConfigError(msg)
         if not reserve_factor >= 1.0:
             msg = f"reserve_factor must be >= 1, got {reserve_factor}"
@@ -126,30 +120,24 @@ class ScopeEngine:
         if not 0.0 <= write_behind < math.inf:
             msg = f"write_behind must be >= 0 seconds, got {write_behind}"
             raise ConfigError(msg)
-        if escalation is not None and not isinstance(escalation, Escalation):
-            msg = f"escalation must be an Escalation, got {type(escalation).__name__}"
-            raise ConfigError(msg)
         self._defaults = RouteOptions.of(value_per_correct=value_per_correct, max_cost_per_call=max_cost_per_call)
-        self._store = store
-        self.models: dict[str, ModelCard] = {c.name: c for c in cards}
-        self.estimator = estimator or LearnedEstimator(k=k)
-        if fallback is None and not isinstance(self.estimator, AnchorStatsEstimator):
-            fallback = AnchorStatsEstimator(k=k)
-        self.fallback = fallback
-        self.escalation = escalation
-        self.estimator.bind(store)
-        if fallback is not None:
-            fallback.bind(store)
-        if escalation is not None:
-            escalation.estimator.bind(store)
-        self.k = k
+        super().__init__(
+            store=store,
+            models={c.name: c for c in cards},
+            priors=priors,
+            estimator=estimator,
+            fallback=fallback,
+            escalation=escalation,
+            k=k,
+            on_store_down=on_store_down,
+            store_retry_s=store_retry_s,
+        )
         self._ledger = BudgetLedger(budget) if isinstance(budget, Budget) else budget
         self.on_no_fit: OnNoFit = on_no_fit
-        self.on_store_down = on_store_down
         self.reserve_factor = reserve_factor
-        self._recorder = Recorder(self._write, write_behind=write_behind, unsent=_unsent_path(unsent, store))
-        self._last_stats: Mapping[str, ModelStats] | None = None
-        self._fallback_warned_at = -math.inf
+        self._recorder = Recorder(
+            self._write, write_behind=write_behind, unsent=unsent_path(unsent, lambda: store.identity)
+        )
         self._settled_blind: set[str] = set()  # models whose usage-less outcomes were settled (logged once)
 
     def __repr__(self) -> str:
@@ -228,15 +216,7 @@ class ScopeEngine:
         For a caller that runs more than the chosen model (a top-n selection): returns None when the
         reservation does not fit the budget. Without a budget nothing is reserved.
         """
-        est = decision.estimates[model]
-        res = None
-        if self._ledger is not None:
-            res = self._ledger.try_reserve(est.cost * self.reserve_factor, model=model)
-            if res is None:
-                return None
-        return decision.switched(
-            model, reason=reason, reservation_id=res.id if res else None, reserved=res.amount if res else 0.0
-        )
+        return reserve_next(self._ledger, decision, model, reserve_factor=self.reserve_factor, reason=reason)
 
     def charge(self, model: str, *, input_tokens: float, output_tokens: float) -> float:
         """Count a call that had no reservation of its own against the budget; returns its USD cost."""
@@ -245,67 +225,7 @@ class ScopeEngine:
             self._ledger.charge(cost)
         return cost
 
-    # -- estimation ----------------------------------------------------------------------------
-
-    def contexts(
-        self, queries: Sequence[str], *, input_tokens: Sequence[float | None] | None = None
-    ) -> tuple[list[QueryContext], str]:
-        """Embed and retrieve for each query; returns the contexts and a degradation reason ('' if none)."""
-        texts = [_clean_query(q) for q in queries]
-        tokens = list(input_tokens) if input_tokens is not None else [None] * len(texts)
-        if len(tokens) != len(texts):
-            msg = f"{len(tokens)} input_tokens values for {len(texts)} queries"
-            raise ConfigError(msg)
-        reason = ""
-        try:
-            stats: Mapping[str, ModelStats] = self._store.model_stats()
-            if not stats:
-                self._store.require_anchors()  # says the store is empty
-            version = self._store.version  # from the cached statistics: no round trip
-            self._last_stats = stats
-            vectors = self._store.embed([t[:MAX_QUERY_CHARS] for t in texts])
-            anchors = self._store.query(vectors, k=self._retrieve_k(), fill=self._fill(), models=self.models)
-            embeddings: list[Any] = list(vectors)
-        except StoreUnavailableError as exc:
-            if self.on_store_down == "raise" or self._last_stats is None:
-                raise
-            reason = f"anchor store unavailable ({exc}); estimated from each model's last known record"
-            logger.warning("routing degraded: %s", reason)
-            stats, anchors, version = self._last_stats, [() for _ in texts], "degraded"
-            embeddings = [None] * len(texts)
-        ctxs = [
-            QueryContext(
-                query=t,
-                input_tokens=float(n) if n is not None else self._store.estimate_input_tokens(t),
-                anchors=a,
-                stats=stats,
-                anchor_version=version,
-                embedding=e,
-            )
-            for t, n, a, e in zip(texts, tokens, anchors, embeddings, strict=True)
-        ]
-        return ctxs, reason
-
-    def _retrieve_k(self) -> int:
-        # Several models may lack outcomes on some anchors: retrieve more than k so each gets ~k.
-        return self.k * 3
-
-    def _fill(self) -> int | None:
-        # Records are read until every candidate has as many outcomes as the estimators use (None: all).
-        stages = [self.estimator] + ([self.escalation.estimator] if self.escalation is not None else [])
-        return most_anchors(*stages)
-
-    def _fallback_or_raise(self, exc: EstimatorUnavailableError) -> Estimator:
-        if self.fallback is None:
-            raise exc
-        now = time.monotonic()
-        # said at WARNING once a minute: at high traffic an outage would otherwise log a line per decision
-        level = logging.WARNING if now - self._fallback_warned_at >= 60.0 else logging.DEBUG
-        if level == logging.WARNING:
-            self._fallback_warned_at = now
-        name, fallback = self.estimator.name, self.fallback.name
-        logger.log(level, "estimator %s unavailable (%s); falling back to %s", name, exc, fallback)
-        return self.fallback
+    # -- estimation (contexts() and wait_ready() are Estimation's) -----------------------------
 
     def estimate(
         self,
@@ -317,19 +237,7 @@ class ScopeEngine:
         """Estimates for every query and candidate; returns them and a degradation reason ('' if none)."""
         s = self._resolve(options)
         ctxs, reason = self.contexts(queries, input_tokens=input_tokens)
-        cards = [self.models[n] for n in s.candidates or ()]
-        try:
-            rows = self.estimator.estimate(ctxs, cards)
-        except EstimatorUnavailableError as exc:
-            rows = self._fallback_or_raise(exc).estimate(ctxs, cards)
-            return rows, _join(reason, f"estimator unavailable: {exc}")
-        if self.escalation is None:
-            return rows, reason
-        try:
-            return self.escalation.apply(ctxs, rows, cards, s.value_per_correct), reason
-        except EstimatorUnavailableError as exc:
-            logger.warning("escalation to %s unavailable (%s); first-stage estimates kept", self.escalation.name, exc)
-            return rows, _join(reason, f"escalation unavailable: {exc}")
+        return self._price(ctxs, s, reason)
 
     async def aestimate(
         self,
@@ -341,19 +249,7 @@ class ScopeEngine:
         """Async form of :meth:`estimate`."""
         s = self._resolve(options)
         ctxs, reason = await asyncio.to_thread(self.contexts, queries, input_tokens=input_tokens)
-        cards = [self.models[n] for n in s.candidates or ()]
-        try:
-            rows = await self.estimator.aestimate(ctxs, cards)
-        except EstimatorUnavailableError as exc:
-            rows = await self._fallback_or_raise(exc).aestimate(ctxs, cards)
-            return rows, _join(reason, f"estimator unavailable: {exc}")
-        if self.escalation is None:
-            return rows, reason
-        try:
-            return await self.escalation.aapply(ctxs, rows, cards, s.value_per_correct), reason
-        except EstimatorUnavailableError as exc:
-            logger.warning("escalation to %s unavailable (%s); first-stage estimates kept", self.escalation.name, exc)
-            return rows, _join(reason, f"escalation unavailable: {exc}")
+        return await self._aprice(ctxs, s, reason)
 
     # -- routing -------------------------------------------------------------------------------
 
@@ -421,77 +317,16 @@ class ScopeEngine:
         ``options`` may set ``max_cost_per_call``, ``force_model`` and ``reserve``. ``reason`` is added to
         the new decision's reason.
         """
-        left = {n: e for n, e in decision.estimates.items() if n not in set(exclude)}
-        if not left:
-            msg = f"every candidate is excluded ({sorted(exclude)}); nothing left to choose from"
-            raise ConfigError(msg)
+        left = candidates_left(decision, exclude)
         s = self._resolve(options, candidates=tuple(left))
         s = s.merged(RouteOptions(value_per_correct=decision.value_per_correct))
-        new = self._decide(decision.query, left, s, reason)
-        if decision.degraded and not new.degraded:  # keep a degraded estimation visible
-            new = new.model_copy(update={"degraded": True, "reason": _join(new.reason, decision.reason)})
-        return new
+        return keep_degraded(decision, self._decide(decision.query, left, s, reason))
 
     def _decide(self, query: str, estimates: dict[str, Estimate], s: RouteOptions, reason: str) -> Decision:
-        degraded_est = [f"{n}: {e.reason}" for n, e in estimates.items() if e.degraded]
-        reason = _join(reason, "; ".join(degraded_est))
         ledger = self._ledger if s.reserve else None
-        if s.force_model is not None:
-            est = estimates[s.force_model]
-            res = None
-            if ledger is not None:
-                res = ledger.try_reserve(est.cost * self.reserve_factor, model=s.force_model)
-                if res is None:
-                    msg = (
-                        f"forced model {s.force_model!r} (expected ${est.cost:.6g}) does not fit the "
-                        f"remaining budget ${ledger.remaining:.6g}"
-                    )
-                    raise BudgetExceededError(msg)
-            return Decision(
-                model=s.force_model,
-                query=query,
-                estimates=estimates,
-                utilities={},
-                utility=float("nan"),
-                value_per_correct=s.value_per_correct,
-                degraded=bool(reason),
-                reason=_join("forced by the caller", reason),
-                reservation_id=res.id if res else None,
-                reserved_cost=res.amount if res else 0.0,
-            )
-        for _ in range(8):  # a concurrent caller may take the budget between choosing and reserving
-            remaining = ledger.remaining / self.reserve_factor if ledger is not None else None
-            pick = choose(
-                estimates,
-                value_per_correct=s.value_per_correct,
-                max_cost_per_call=s.max_cost_per_call,
-                remaining_budget=remaining,
-                on_no_fit=self.on_no_fit,
-            )
-            res = None
-            if ledger is not None:
-                amount = estimates[pick.model].cost * self.reserve_factor
-                res = ledger.try_reserve(amount, model=pick.model, allow_over=not pick.fits)
-                if res is None:
-                    continue
-            degraded = bool(reason) or not pick.fits
-            if not pick.fits:
-                logger.warning("routing degraded: %s", pick.reason)
-            return Decision(
-                model=pick.model,
-                query=query,
-                estimates=estimates,
-                utilities=pick.utilities,
-                utility=pick.utilities.get(pick.model, float("nan")),
-                value_per_correct=s.value_per_correct,
-                excluded=pick.excluded,
-                degraded=degraded,
-                reason=_join(pick.reason, reason),
-                reservation_id=res.id if res else None,
-                reserved_cost=res.amount if res else 0.0,
-            )
-        msg = "could not reserve budget after 8 attempts under contention"
-        raise BudgetExceededError(msg)
+        return decide(
+            query, estimates, s, reason, ledger=ledger, reserve_factor=self.reserve_factor, on_no_fit=self.on_no_fit
+        )
 
     # -- settling and recording ----------------------------------------------------------------
 
@@ -539,30 +374,10 @@ class ScopeEngine:
                     input_tokens=outcome.input_tokens,
                     output_tokens=outcome.output_tokens,
                 )
-            else:
-                self._settle_expected(decision, outcome.model)
+            elif self._ledger is not None:
+                warned, factor = self._settled_blind, self.reserve_factor
+                settle_expected(self._ledger, decision, outcome.model, reserve_factor=factor, warned=warned)
         self._recorder.put(outcome)
-
-    def _settle_expected(self, decision: Decision | str, model: str) -> None:
-        """Settle a reservation whose real usage is unknown at its expected cost, and say so."""
-        if self._ledger is None:
-            return
-        expected: float | None
-        if isinstance(decision, Decision):
-            rid, expected = decision.reservation_id, decision.estimate.cost
-        else:
-            held = self._ledger.reservation(decision)
-            rid, expected = decision, (held.amount / self.reserve_factor if held is not None else None)
-        if rid is None or expected is None or not self._ledger.settle(rid, expected):
-            return
-        if model not in self._settled_blind:
-            self._settled_blind.add(model)
-            logger.warning(
-                "outcome of %s recorded without token counts: its reservation is settled at the expected cost "
-                "$%.6g (record input_tokens and output_tokens to count the real spend)",
-                model,
-                expected,
-            )
 
     def _retry_unwritten(self) -> None:
         """Writing synchronously, outcomes kept while the store was down are retried before routing (with
@@ -587,45 +402,6 @@ class ScopeEngine:
         """
         return self._recorder.flush()
 
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        """Wait for the estimators' start-up (the learned one loads or fits in the background); True if ready.
-
-        Until it is ready, decisions come from the fallback estimator and are marked degraded.
-        """
-        stages = [self.estimator] + ([self.escalation.estimator] if self.escalation is not None else [])
-        return all(stage.wait_ready(timeout) for stage in stages)
-
     def close(self) -> None:
         """Write what is queued and stop the write-behind thread (a later ``record`` writes at once)."""
         self._recorder.close()
-
-
-def _unsent_path(unsent: str | Path | None, store: AnchorStore) -> Path | None:
-    if unsent != "auto":
-        return Path(unsent) if unsent is not None else None
-    identity = store.identity
-    if identity is None:
-        return None
-    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return base / "scope-router" / "unsent" / (hashlib.sha256(identity.encode()).hexdigest()[:24] + ".jsonl")
-
-
-def _clean_query(query: Any) -> str:
-    if isinstance(query, bytes | bytearray):
-        msg = "query is bytes; decode it to str first (e.g. data.decode('utf-8', errors='replace'))"
-        raise ConfigError(msg)
-    if not isinstance(query, str):
-        msg = f"query must be a str, got {type(query).__name__}"
-        raise ConfigError(msg)
-    if not query.strip():
-        msg = "query is empty or whitespace; nothing to route"
-        raise ConfigError(msg)
-    try:
-        query.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates: route on the readable text
-        return query.encode("utf-8", "replace").decode("utf-8")
-    return query
-
-
-def _join(*parts: str) -> str:
-    return "; ".join(p for p in parts if p)

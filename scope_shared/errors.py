@@ -13,6 +13,7 @@ Every error derives from :class:`ScopeError`; leaves also subclass the builtin a
     │   └── StoreAccessError                      reached, but TLS verification failed or credentials were refused
     ├── EstimatorUnavailableError (ConnectionError)  an estimator backend (vLLM) cannot be reached, or not ready
     ├── EmbedderError (RuntimeError)          the embedding model could not be loaded or run
+    ├── ModelCallError (RuntimeError)         a model being profiled cannot be called (down, refused, broken)
     └── ReplayMissError (LookupError)         a replay model was asked a query it has no record of
 """
 
@@ -25,6 +26,7 @@ __all__ = [
     "EmbedderError",
     "EmptyStoreError",
     "EstimatorUnavailableError",
+    "ModelCallError",
     "NoAnchorDataError",
     "ReplayMissError",
     "ScopeError",
@@ -72,7 +74,8 @@ class StoreUnavailableError(ScopeError, ConnectionError):
 
 class StoreAccessError(StoreUnavailableError):
     """The Chroma server (or the proxy in front of it) was reached but refused us: the TLS handshake failed
-    (certificate not verified) or the credentials were refused (HTTP 401/403).
+    (certificate not verified) or the credentials were refused (HTTP 401/403); or an embedded store's directory
+    is read-only.
 
     A :class:`StoreUnavailableError`, so a running engine routes degraded and keeps recorded outcomes for
     retry, as for an outage; a new engine or the CLI fails with the one-line reason.
@@ -86,6 +89,12 @@ class EstimatorUnavailableError(ScopeError, ConnectionError):
 
 class EmbedderError(ScopeError, RuntimeError):
     """The embedding model could not be loaded or failed to embed."""
+
+
+class ModelCallError(ScopeError, RuntimeError):
+    """A model being profiled could not be called: its endpoint is unreachable, refused the credentials, kept
+    failing after retries, or answered with something that is not a completion. Outcomes recorded before it
+    stay in the store; a re-run resumes where it stopped."""
 
 
 class ReplayMissError(ScopeError, LookupError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ from scope_shared.estimators.base import Estimator
 from scope_shared.metrics import aiq, auroc, expected_calibration_error, hull_aiq, upper_hull
 from scope_shared.policy import utility
 from scope_shared.store import AnchorStore
+from scope_shared.suites.selection import DEFAULT_STRATEGY, SELECTION_STRATEGIES, select_anchors
 from scope_shared.types import DEFAULT_TOKENS_PER_CHAR, Estimate, ModelCard, Outcome
 
 if TYPE_CHECKING:
@@ -209,7 +210,7 @@ def _estimation_metrics(
 
 
 def evaluate(
-    anchors: str | Path | Sequence[Outcome],
+    anchors: str | Path | Sequence[Outcome] | None,
     test: str | Path | Sequence[Outcome],
     prices: str | Path | Sequence[ModelCard],
     *,
@@ -225,37 +226,60 @@ def evaluate(
     holdout_anchors: int = 50,
     holdout_seed: int = 0,
     cascade: CascadeReplay | None = None,
+    holdout_select: str = "random",
 ) -> dict[str, Any]:
     """Replay-evaluate an estimator: load ``anchors`` into a fresh store, estimate ``test``, report.
 
     Args:
-        anchors, test: outcome files (or outcomes); test queries are held out of the store.
+        anchors, test: outcome files (or outcomes); test queries are held out of the store. ``anchors=None``
+            loads nothing and routes over ``store`` as it is (e.g. seeded from a suite, new models profiled
+            into it): the models it holds outcomes of are the known ones.
         prices: a price table (or model cards); only priced models are estimated and routed.
         embedder: the store's embedder (default all-MiniLM-L6-v2).
         estimator: default the engine's (the learned estimator).
         escalation: an optional second estimation stage (see :class:`~scope_shared.escalation.Escalation`).
-        store: an empty store to load into (default: a fresh in-memory one).
+        store: an empty store to load into (default: a fresh in-memory one), or with ``anchors=None`` the
+            store to route over.
         pool: models to route over (default: priced models with an outcome on every test query).
         holdout_models: models treated as newly added: their anchor outcomes are cut down to
             ``holdout_anchors`` random anchors (seeded by ``holdout_seed``) before loading; the report's
             ``holdout`` section gives their AUROC within model and their share of the router's picks.
         cascade: also replay cascades from the recorded responses (:class:`~scope_shared.cascade.replay.
             CascadeReplay`); the report's ``cascade`` section puts them beside the pre-hoc router.
+        holdout_select: how those anchors are chosen: ``random`` (uniformly), ``informative``
+            (:func:`~scope_shared.suites.selection.select_anchors` from the store's embeddings and the other
+            models' outcomes, never the held-out models'), or one of its strategies by name.
     """
     t0 = time.perf_counter()
-    anchor_rows = load_outcomes(anchors) if isinstance(anchors, str | Path) else list(anchors)
+    if anchors is None:
+        if store is None or holdout_models:
+            msg = "anchors=None routes over an existing store: pass store=, and no holdout_models (nothing is loaded)"
+            raise ConfigError(msg)
+        if cascade is not None:
+            msg = "cascade replay calibrates on the anchors: pass anchors="
+            raise ConfigError(msg)
+        anchor_rows: list[Outcome] = []
+        recorded = {m for m, st in store.model_stats().items() if st.n > 0}
+    else:
+        anchor_rows = load_outcomes(anchors) if isinstance(anchors, str | Path) else list(anchors)
+        recorded = {o.model for o in anchor_rows}
     test_rows = load_outcomes(test) if isinstance(test, str | Path) else list(test)
     cards_list = load_prices(prices) if isinstance(prices, str | Path) else list(prices)
     cards = {c.name: c for c in cards_list}
-    known = {o.model for o in anchor_rows} & cards.keys()
+    known = recorded & cards.keys()
     test_rows = [o for o in test_rows if o.model in known]
     if not test_rows:
         msg = "no test outcome of a priced model that also has anchor outcomes"
         raise DataError(msg)
-    anchor_rows, kept = _hold_out(anchor_rows, holdout_models, holdout_anchors, holdout_seed, known)
     if store is None:
-        store = AnchorStore(embedder=embedder)
-    store.add([o for o in anchor_rows if o.model in known])
+        # a selection embeds the candidates before the load: keep every vector so that the load reuses them
+        texts = 0 if holdout_select == "random" else len({o.query for o in anchor_rows})
+        store = AnchorStore(embedder=embedder, embed_cache=max(1024, texts))
+    anchor_rows, kept = _hold_out(
+        anchor_rows, holdout_models, holdout_anchors, holdout_seed, known, select=holdout_select, embed=store.embed
+    )
+    if anchors is not None:
+        store.add([o for o in anchor_rows if o.model in known])
     t_load = time.perf_counter() - t0
     engine = ScopeEngine(
         store=store, models=[cards[m] for m in sorted(known)], estimator=estimator, escalation=escalation, k=k
@@ -306,7 +330,7 @@ def evaluate(
         "timing_s": {"load": round(t_load, 2), "estimate": round(t_est, 2)},
     }
     if holdout_models:
-        report["holdout"] = _holdout_report(kept, holdout_seed, estimation, routing)
+        report["holdout"] = _holdout_report(kept, holdout_seed, estimation, routing) | {"select": holdout_select}
     if cascade is not None:
         report["cascade"] = cascade.run(
             anchors=anchor_rows,
@@ -323,10 +347,25 @@ def evaluate(
 
 
 def _hold_out(
-    rows: Sequence[Outcome], models: Sequence[str], n_keep: int, seed: int, known: set[str]
+    rows: Sequence[Outcome],
+    models: Sequence[str],
+    n_keep: int,
+    seed: int,
+    known: set[str],
+    *,
+    select: str = "random",
+    embed: Callable[[Sequence[str]], Any] | None = None,
 ) -> tuple[list[Outcome], dict[str, int]]:
-    """Keep each held-out model's outcomes on only ``n_keep`` random anchors (seeded); other rows unchanged."""
+    """Keep each held-out model's outcomes on only ``n_keep`` anchors (seeded); other rows unchanged.
+
+    ``select="random"`` draws them uniformly; otherwise :func:`select_anchors` chooses them (``informative``:
+    its default strategy) from ``embed``'s vectors of the candidates and the outcomes of the priced models
+    that are not held out.
+    """
     held = list(dict.fromkeys(models))
+    if select not in ("random", "informative", *SELECTION_STRATEGIES):
+        msg = f"unknown holdout selection {select!r}; known: random, informative, {', '.join(SELECTION_STRATEGIES)}"
+        raise ConfigError(msg)
     if not held:
         return list(rows), {}
     unknown = [m for m in held if m not in known]
@@ -339,11 +378,39 @@ def _hold_out(
     keep: dict[str, set[str]] = {}
     for i, model in enumerate(held):
         queries = sorted({o.query for o in rows if o.model == model})
-        rng = np.random.default_rng([seed, i])
-        picked = rng.choice(len(queries), size=min(n_keep, len(queries)), replace=False)
-        keep[model] = {queries[j] for j in picked}
+        if select == "random":
+            rng = np.random.default_rng([seed, i])
+            picked = rng.choice(len(queries), size=min(n_keep, len(queries)), replace=False)
+            keep[model] = {queries[j] for j in picked}
+        else:
+            keep[model] = set(_select(rows, queries, held, known, n_keep, [seed, i], select, embed))
     out = [o for o in rows if o.model not in keep or o.query in keep[o.model]]
     return out, {m: len(q) for m, q in keep.items()}
+
+
+def _select(
+    rows: Sequence[Outcome],
+    queries: Sequence[str],
+    held: Sequence[str],
+    known: set[str],
+    n_keep: int,
+    seed: Sequence[int],
+    select: str,
+    embed: Callable[[Sequence[str]], Any] | None,
+) -> list[str]:
+    if embed is None:
+        msg = f"holdout selection {select!r} needs the store's embedder (embed=...)"
+        raise ConfigError(msg)
+    refs = sorted(known - set(held))
+    row_of, col_of = {q: r for r, q in enumerate(queries)}, {m: c for c, m in enumerate(refs)}
+    outcomes = np.full((len(queries), len(refs)), np.nan)
+    for o in rows:
+        r, c = row_of.get(o.query), col_of.get(o.model)
+        if r is not None and c is not None:
+            outcomes[r, c] = o.correct
+    strategy: Any = DEFAULT_STRATEGY if select == "informative" else select
+    vectors = np.asarray(embed(list(queries)), dtype=np.float64)
+    return select_anchors(queries, vectors, outcomes, n=min(n_keep, len(queries)), seed=seed, strategy=strategy)
 
 
 def _holdout_report(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from pydantic import ValidationError
 from scope_shared.errors import StoreUnavailableError
 from scope_shared.types import Outcome
 
-__all__ = ["Recorder"]
+__all__ = ["Recorder", "unsent_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -270,3 +271,16 @@ def _exit_on_sigterm() -> None:
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sys.exit(128 + signum)
+
+
+def unsent_path(unsent: str | Path | None, identity: Callable[[], str | None]) -> Path | None:
+    """The unsent file of a store: ``unsent`` itself, or for ``"auto"`` one per store under
+    ``$XDG_STATE_HOME/scope-router/unsent/``, named after its ``identity()`` (None: a store without one, e.g.
+    in memory, gets no file)."""
+    if unsent != "auto":
+        return Path(unsent) if unsent is not None else None
+    name = identity()
+    if name is None:
+        return None
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "scope-router" / "unsent" / (hashlib.sha256(name.encode()).hexdigest()[:24] + ".jsonl")

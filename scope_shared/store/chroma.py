@@ -146,7 +146,16 @@ class ChromaConnection:
         settings = Settings(anonymized_telemetry=False, allow_reset=False)
         if self.path:
             self.path.mkdir(parents=True, exist_ok=True)
-            return chromadb.PersistentClient(path=str(self.path), settings=settings)
+            try:
+                return chromadb.PersistentClient(path=str(self.path), settings=settings)
+            except Exception as exc:
+                if "readonly database" not in str(exc):
+                    raise
+                msg = (
+                    f"cannot open the anchor store at {self.path}: it is read-only here, and Chroma's embedded "
+                    "store needs write access even to read; copy it somewhere writable, or serve it with chroma run"
+                )
+                raise StoreAccessError(msg) from None
         return chromadb.EphemeralClient(settings=settings)
 
     def _http_timeout(self) -> Any:

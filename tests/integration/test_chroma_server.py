@@ -49,8 +49,9 @@ def test_server_store_behaves_like_embedded(server: ChromaServer) -> None:
     assert r_hits[0].anchor_id == l_hits[0].anchor_id  # the lexical hashing embedder ties the rest
     assert [h.similarity for h in r_hits] == pytest.approx([h.similarity for h in l_hits], abs=1e-5)
     assert remote.model_stats() == local.model_stats()
-    d_remote = ScopeEngine(store=remote, models=CARDS).route(q[0])
-    d_local = ScopeEngine(store=local, models=CARDS).route(q[0])
+    engines = [ScopeEngine(store=s, models=CARDS) for s in (remote, local)]
+    assert all(e.wait_ready(timeout=60) for e in engines)
+    d_remote, d_local = (e.route(q[0]) for e in engines)
     assert d_remote.model == d_local.model
     assert d_remote.estimates["small"].p_correct == pytest.approx(d_local.estimates["small"].p_correct)
 
@@ -79,7 +80,9 @@ def test_processes_sharing_a_server_see_each_other(server: ChromaServer) -> None
 def test_outage_degrades_routing_and_loses_no_outcome(server: ChromaServer) -> None:
     store = http_store(server)
     store.add(sample_outcomes())
-    engine = ScopeEngine(store=store, models=CARDS, value_per_correct=1.0)
+    # store_retry_s=0: the route after the restart goes to the store at once (the default skips it for 5 s)
+    engine = ScopeEngine(store=store, models=CARDS, value_per_correct=1.0, store_retry_s=0)
+    assert engine.wait_ready(timeout=60)
     poem = "write a sonnet poem about the amber moon"
     before = engine.route(poem)
     assert not before.degraded and before.model == "big"
@@ -166,7 +169,9 @@ def within(seconds: float, fn: Callable[[], Any]) -> Any:
 def test_a_frozen_server_degrades_routing_like_a_dead_one(server: ChromaServer) -> None:
     store = http_store(server, timeout=2.0)
     store.add(sample_outcomes())
-    engine = ScopeEngine(store=store, models=CARDS, value_per_correct=1.0)
+    # store_retry_s=0 and write_behind=0: this test checks recovery and retry the moment the server is back
+    engine = ScopeEngine(store=store, models=CARDS, value_per_correct=1.0, store_retry_s=0, write_behind=0)
+    assert engine.wait_ready(timeout=60)
     poem = "write a sonnet poem about the amber moon"
     assert not engine.route(poem).degraded
     server.freeze()  # SIGSTOP: the port still accepts connections, nothing answers

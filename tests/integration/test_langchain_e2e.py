@@ -97,4 +97,6 @@ async def test_router_replay_matches_evaluate() -> None:
     for message in mixed:
         handler.record_feedback(message, message.response_metadata["replay"]["correct"])
     assert handler.recorded == len(questions) and handler.failures == 0 and handler.pending == 0
+    engine.flush()  # outcomes are written behind (write_behind=0.5 s by default)
+    assert engine.pending == 0
     assert store.count() == anchors_before + len(questions)  # held-out questions are new anchors now

@@ -97,7 +97,8 @@ def _check(setup: Setup, value: float | None, picks: list[tuple[str, str, float]
     assert cost == pytest.approx(expected["cost"], rel=1e-9)
     share = {m: sum(1 for _, p, _ in picks if p == m) / len(picks) for m in {p for _, p, _ in picks}}
     assert share == pytest.approx(expected["model_share"])
-    # The routing store never changed; every graded outcome went to the sink.
+    # The routing store never changed; every graded outcome went to the sink (written behind: flush first).
+    sink.flush()
     assert setup.store.count() == setup.report["anchors"]
     assert sink.store.count() == len(picks)
 

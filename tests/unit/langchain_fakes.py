@@ -14,8 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk
 
 from scope_shared import AnchorStatsEstimator, AnchorStore, HashingEmbedder, ModelCard, Outcome, ScopeEngine
 from scope_shared.estimators.base import Prediction, QueryContext
@@ -57,6 +59,7 @@ def anchor_outcomes() -> list[Outcome]:
 def make_engine(**kwargs: Any) -> ScopeEngine:
     store = AnchorStore(embedder=HashingEmbedder())
     store.add(anchor_outcomes(), progress=False)
+    kwargs.setdefault("write_behind", 0)  # outcomes written at once, so tests can read them back
     engine = ScopeEngine(store=store, models=CARDS, k=5, **kwargs)
     engine.wait_ready(timeout=30)
     return engine
@@ -69,6 +72,7 @@ class Script:
     def __init__(self, *steps: AIMessage | str | BaseException) -> None:
         self.steps = list(steps)
         self.calls = 0
+        self.last_usage: Any = None
 
     def __iter__(self) -> Iterator[AIMessage]:
         return self
@@ -78,9 +82,9 @@ class Script:
         step = self.steps.pop(0) if len(self.steps) > 1 else self.steps[0]
         if isinstance(step, BaseException):
             raise step
-        if isinstance(step, str):
-            return AIMessage(content=step)
-        return step.model_copy(deep=True)
+        message = AIMessage(content=step) if isinstance(step, str) else step.model_copy(deep=True)
+        self.last_usage = message.usage_metadata
+        return message
 
 
 def reply(name: str, *, input_tokens: int = 12, output_tokens: int = 30) -> AIMessage:
@@ -121,3 +125,56 @@ class CountingEstimator(AnchorStatsEstimator):
     def _predict(self, queries: Sequence[QueryContext], models: Sequence[str]) -> list[dict[str, Prediction]]:
         self.calls.append(len(queries))
         return super()._predict(queries, models)
+
+
+class UsageFake(GenericFakeChatModel):
+    """GenericFakeChatModel that also reports its reply's ``usage_metadata`` when streaming, on the last chunk
+    (as providers do); the base class drops it."""
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        chunks = list(super()._stream(messages, stop=stop, run_manager=run_manager, **kwargs))
+        last = chunks[-1].message
+        usage = self._usage
+        if usage is not None and isinstance(last, AIMessageChunk):
+            chunks[-1] = ChatGenerationChunk(message=last.model_copy(update={"usage_metadata": usage}))
+        yield from chunks
+
+    @property
+    def _usage(self) -> Any:
+        script: Script = self.__dict__["_script"]
+        return script.last_usage
+
+
+def usage_fake(name: str, *steps: AIMessage | str | BaseException) -> UsageFake:
+    """A :class:`UsageFake` answering as ``name`` (with usage, on invoke and stream), or following ``steps``."""
+    script = Script(*(steps or (reply(name),)))
+    model = UsageFake(messages=script, name=name)
+    model.__dict__["_script"] = script
+    return model
+
+
+class Recording(GenericFakeChatModel):
+    """GenericFakeChatModel that records the ``stop`` and keyword arguments each call reached it with."""
+
+    seen: list[dict[str, Any]] = []
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        self.seen.append({"stop": stop, **kwargs})
+        return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+
+def recording(name: str, *steps: AIMessage | str | BaseException) -> Recording:
+    """A :class:`Recording` fake answering as ``name`` (with usage), or following ``steps``."""
+    return Recording(messages=Script(*(steps or (reply(name),))), name=name, seen=[])

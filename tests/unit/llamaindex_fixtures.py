@@ -7,14 +7,30 @@ router should pick ``small`` for capitals and ``big`` for code.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any
 
 import pytest
 from llama_index.core import Document, Settings, VectorStoreIndex
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+    ToolCallBlock,
+)
+from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.query_engine import RouterQueryEngine
-from llama_index.core.tools import QueryEngineTool, ToolMetadata
+from llama_index.core.tools import BaseTool, QueryEngineTool, ToolMetadata
 
 from scope_llamaindex import ReplayLLM, ScopeSelector, _tickets
 from scope_shared import AnchorStore, Budget, HashingEmbedder, ModelCard, Outcome, ScopeEngine
@@ -65,7 +81,7 @@ def make_engine(*, budget: float | None = None, value_per_correct: float | None 
         models=CARDS,
         value_per_correct=value_per_correct,
         budget=Budget(limit=budget) if budget is not None else None,
-        **kw,  # type: ignore[arg-type]
+        **{"write_behind": 0, **kw},  # type: ignore[arg-type]  # outcomes written at once: tests read them back
     )
     engine.wait_ready(timeout=30)
     return engine
@@ -90,6 +106,122 @@ def router_query_engine(
 
 def recorded(query: str, model: str) -> Outcome:
     return next(o for o in HELD_OUT if o.query == query and o.model == model)
+
+
+class ToolCallingFake(FunctionCallingLLM):
+    """A function-calling LLM named ``model``: given tools and no tool result yet, it calls the first tool
+    with the last user message as ``query``; otherwise it answers ``[model] <last tool result>``. It reports
+    usage (OpenAI's keys) and keeps the keyword arguments each call received in ``seen``."""
+
+    model: str
+    _seen: list[dict[str, Any]] = PrivateAttr(default_factory=list)
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name=self.model, is_chat_model=True, is_function_calling_model=True)
+
+    @property
+    def seen(self) -> list[dict[str, Any]]:
+        return self._seen
+
+    def _reply(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> ChatResponse:
+        self._seen.append(dict(kwargs))
+        tools: list[BaseTool] = list(kwargs.get("tools") or [])
+        results = [m for m in messages if m.role == MessageRole.TOOL]
+        if tools and not results:
+            question = next(str(m.content) for m in reversed(messages) if m.role == MessageRole.USER)
+            call = ToolCallBlock(
+                tool_call_id=f"{self.model}-call",
+                tool_name=str(tools[0].metadata.name),
+                tool_kwargs={"query": question},
+            )
+            message = ChatMessage(role=MessageRole.ASSISTANT, blocks=[call])
+        else:
+            message = ChatMessage(
+                role=MessageRole.ASSISTANT, content=f"[{self.model}] {results[-1].content if results else 'no tool'}"
+            )
+        usage = {"prompt_tokens": 20 * len(messages), "completion_tokens": 7}
+        return ChatResponse(message=message, delta=message.content or "", additional_kwargs=usage, raw={"usage": usage})
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return self._reply(messages, kwargs)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return self._reply(messages, kwargs)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        response = self._reply(messages, kwargs)
+
+        def gen() -> ChatResponseGen:
+            yield response
+
+        return gen()
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        response = self._reply(messages, kwargs)
+
+        async def gen() -> AsyncGenerator[ChatResponse, None]:
+            yield response
+
+        return gen()
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return CompletionResponse(text=self.chat([ChatMessage(role="user", content=prompt)]).message.content or "")
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return self.complete(prompt)
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        response = self.complete(prompt)
+
+        def gen() -> CompletionResponseGen:
+            yield response
+
+        return gen()
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        response = self.complete(prompt)
+
+        async def gen() -> AsyncGenerator[CompletionResponse, None]:
+            yield response
+
+        return gen()
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        messages = list(chat_history or [])
+        if user_msg is not None:
+            messages.append(ChatMessage(role="user", content=user_msg) if isinstance(user_msg, str) else user_msg)
+        extra = {"allow_parallel_tool_calls": allow_parallel_tool_calls, "tool_required": tool_required}
+        return {"messages": messages, "tools": list(tools), **extra, **kwargs}
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        calls = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
+        if not calls and error_on_no_tool_call:
+            msg = f"expected a tool call from {self.model}"
+            raise ValueError(msg)
+        return [
+            ToolSelection(tool_id=c.tool_call_id or "", tool_name=c.tool_name, tool_kwargs=dict(c.tool_kwargs))  # type: ignore[arg-type]
+            for c in calls
+        ]
 
 
 @pytest.fixture(autouse=True)

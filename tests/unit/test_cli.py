@@ -97,3 +97,28 @@ def test_ef_search_zero_is_refused(files: dict[str, Path], capsys: pytest.Captur
     base = ["--store", str(files["store"]), "--embedder", "hashing", "--ef-search", "0"]
     assert main(["ingest", *base, "-q", str(files["anchors"])]) == 2
     assert "ef_search must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_a_read_only_store_is_a_one_line_error(files: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The store's directory on a read-only mount (root ignores file modes, so a read-only bind mount is used)."""
+    import subprocess
+
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    assert main(["ingest", "--store", str(src / "store"), "--embedder", "hashing", "--estimator", "anchors", "-q", str(files["anchors"])]) == 0
+    if subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True).returncode != 0:
+        pytest.skip("no bind mounts here")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], capture_output=True).returncode != 0:
+            pytest.skip("no read-only remount here")
+        capsys.readouterr()
+        for argv in (
+            ["ingest", "--store", str(ro / "store"), "--embedder", "hashing", "-q", str(files["anchors"])],
+            ["route", "--store", str(ro / "store"), "--embedder", "hashing", "--prices", str(files["prices"]), "hi"],
+        ):
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "read-only here" in err
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)

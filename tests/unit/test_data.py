@@ -146,3 +146,9 @@ def test_absurd_prices_are_refused(tmp_path: Path) -> None:
     p = write(tmp_path, "prices.csv", "model,input_per_mtok,output_per_mtok\nm1,1e308,1\n")
     with pytest.raises(DataError, match="less than or equal to 100000"):
         load_prices(p)
+
+
+def test_a_lone_surrogate_in_jsonl_is_a_one_row_error(tmp_path: Path) -> None:
+    p = write(tmp_path, "s.jsonl", '{"query": "what is \\ud800 2+2", "model": "m1", "correct": 1}\n')
+    with pytest.raises(DataError, match=r"s.jsonl:1: invalid outcome: query: .*lone surrogate"):
+        load_outcomes(p)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scope_shared import embeddings as emb_mod
 from scope_shared.embeddings import MiniLMEmbedder
+from scope_shared.embeddings import minilm as emb_mod
 from scope_shared.errors import ConfigError, EmbedderError
 
 pytest.importorskip("torch")

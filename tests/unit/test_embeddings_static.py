@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scope_shared import embeddings as emb_mod
 from scope_shared.embeddings import StaticEmbedder, as_embedder, distill_static
+from scope_shared.embeddings import static as emb_mod
 from scope_shared.errors import ConfigError
 from tests.unit.conftest import SPECIAL
 

@@ -67,7 +67,7 @@ def test_max_cost_per_call_and_no_fit(store: AnchorStore, cards: list[ModelCard]
 
 
 def test_budget_reserve_settle_release(store: AnchorStore, cards: list[ModelCard]) -> None:
-    eng = ScopeEngine(store=store, models=cards, budget=Budget(limit=1.0))
+    eng = ScopeEngine(store=store, models=cards, budget=Budget(limit=1.0), write_behind=0)
     d = eng.route(POEM)
     assert d.reservation_id and eng.ledger is not None
     assert eng.ledger.held == pytest.approx(d.reserved_cost)
@@ -136,7 +136,7 @@ def test_empty_store(cards: list[ModelCard]) -> None:
 
 
 def test_record_writes_back_and_settles(store: AnchorStore, cards: list[ModelCard]) -> None:
-    eng = ScopeEngine(store=store, models=cards, budget=Budget(limit=1.0))
+    eng = ScopeEngine(store=store, models=cards, budget=Budget(limit=1.0), write_behind=0)
     q = "compose a haiku about rain on the harbour"
     d = eng.route(q)
     eng.record(Outcome(query=q, model=d.model, correct=1.0, input_tokens=9, output_tokens=40), decision=d)
@@ -151,7 +151,7 @@ def test_recording_a_routed_call_reuses_its_embedding(outcomes: list[Outcome], c
         emb = CountingEmbedder()
         store = AnchorStore(embedder=emb, embed_cache=cache)
         store.add(outcomes)
-        eng = ScopeEngine(store=store, models=cards)
+        eng = ScopeEngine(store=store, models=cards, write_behind=0)
         q = "compose a haiku about rain on the harbour"
         d = eng.route(q)
         eng.record(Outcome(query=q, model=d.model, correct=1.0, output_tokens=40), decision=d)
@@ -231,7 +231,7 @@ class FlakyStore:
 
 def test_store_down_degrades_and_queues_outcomes(store: AnchorStore, cards: list[ModelCard]) -> None:
     flaky = FlakyStore(store)
-    eng = ScopeEngine(store=flaky, models=cards, value_per_correct=1.0)  # type: ignore[arg-type]
+    eng = ScopeEngine(store=flaky, models=cards, value_per_correct=1.0, write_behind=0, store_retry_s=0)  # type: ignore[arg-type]
     assert eng.wait_ready(timeout=30)
     assert not eng.route(POEM).degraded
     flaky.down = True
@@ -247,6 +247,23 @@ def test_store_down_degrades_and_queues_outcomes(store: AnchorStore, cards: list
     flaky.down = True
     with pytest.raises(StoreUnavailableError):
         raising.route(POEM)
+
+
+def test_a_store_that_just_failed_is_skipped_for_store_retry_s(store: AnchorStore, cards: list[ModelCard]) -> None:
+    flaky = FlakyStore(store)
+    eng = ScopeEngine(store=flaky, models=cards, value_per_correct=1.0, store_retry_s=30.0)  # type: ignore[arg-type]
+    assert eng.wait_ready(timeout=30)
+    eng.route(POEM)
+    flaky.down = True
+    assert eng.route(POEM).degraded
+    flaky.down = False  # back, but within store_retry_s of the failure: not asked yet
+    calls = []
+    real = flaky.inner.query
+    flaky.inner.query = lambda *a, **kw: calls.append(1) or real(*a, **kw)  # type: ignore[method-assign]
+    d = eng.route(SUM)
+    assert d.degraded and "chroma down" in d.reason and calls == []
+    eng._store_down = (0.0, eng._store_down[1])  # type: ignore[index]  # the window has passed
+    assert not eng.route(SUM).degraded and calls == [1]
 
 
 class DownEstimator(Estimator):
@@ -337,7 +354,7 @@ def test_a_warm_route_is_one_vector_search(store: AnchorStore, cards: list[Model
             return getattr(inner, name)
 
     store._conn._anchors = CountingCollection()
-    eng = ScopeEngine(store=store, models=cards, estimator=spy, value_per_correct=1.0)
+    eng = ScopeEngine(store=store, models=cards, estimator=spy, value_per_correct=1.0, write_behind=0)
     eng.route(POEM)
     eng.route(SUM)
     calls.clear()
@@ -384,3 +401,14 @@ def test_an_outcome_without_usage_settles_its_reservation_at_the_expected_cost(
     by_id = eng.route(POEM)
     eng.record(Outcome(query=f"{POEM} by id", model=by_id.model, correct=1.0), decision=by_id.reservation_id)
     assert eng.ledger.held == 0.0 and eng.ledger.spent == pytest.approx(4 * d.estimate.cost)
+
+
+def test_recording_is_written_behind_by_default(store: AnchorStore, cards: list[ModelCard]) -> None:
+    eng = ScopeEngine(store=store, models=cards)
+    assert eng.write_behind == 0.5
+    eng.record(Outcome(query="compose a haiku about a lighthouse", model="big", correct=1.0))
+    assert eng.pending == 1 and store.count() == 20  # the caller did not wait for the write
+    deadline = time.monotonic() + 10
+    while eng.pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert eng.pending == 0 and store.count() == 21

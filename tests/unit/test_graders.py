@@ -8,19 +8,9 @@ import time
 import pytest
 
 from scope_shared.errors import ConfigError, DataError
-from scope_shared.suites.graders import (
-    GRADERS,
-    MAX_SCAN_CHARS,
-    CallableGrader,
-    ChoiceGrader,
-    ExactGrader,
-    Grader,
-    JudgeGrader,
-    NumberGrader,
-    grader_named,
-    json_answer,
-    parse_verdict,
-)
+from scope_shared.suites.extract import MAX_SCAN_CHARS, json_answer
+from scope_shared.suites.graders import GRADERS, ChoiceGrader, ExactGrader, Grader, NumberGrader, grader_named
+from scope_shared.suites.judges import CallableGrader, JudgeGrader, parse_verdict
 
 CHOICE = ChoiceGrader()
 NUMBER = NumberGrader()

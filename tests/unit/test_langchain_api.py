@@ -22,6 +22,7 @@ def test_public_api_is_pinned() -> None:
         "ScopeRouter",
         "is_transient",
         "last_question",
+        "profile_call",
     ]
     for name in scope_langchain.__all__:
         assert getattr(scope_langchain, name) is not None

@@ -226,3 +226,15 @@ def test_a_grader_that_cannot_tell_leaves_the_call_waiting_and_bools_are_grades(
     engine, router, handler = _setup(grader=lambda q, a: a != "cheap answers")
     router.invoke(TRIVIA_Q, {"callbacks": [handler]})
     assert _recorded(engine, TRIVIA_Q)["cheap"].correct == 0.0 and handler.recorded == 1
+
+
+def test_a_chat_model_call_naming_a_card_is_recorded_once() -> None:
+    """``ls_model_name`` of a ScopeChatModel run is a card when a model is forced: the handler records the
+    chosen model's run below it, not that run as well."""
+    engine = make_engine()
+    handler = ScopeOutcomeHandler(engine=engine, grader=lambda q, a: 1.0)
+    chat = ScopeChatModel(engine=engine, models=fakes(), force_model="mid")
+    chat.invoke(MATH_Q, {"callbacks": [handler]})
+    list(chat.stream(TRIVIA_Q, {"callbacks": [handler]}, model="mid"))
+    assert (handler.recorded, handler.pending) == (2, 0)
+    assert set(_recorded(engine, MATH_Q)) == {"mid"} and set(_recorded(engine, TRIVIA_Q)) == {"mid"}

@@ -3,16 +3,21 @@ stream began. Accuracy-only routing of the arithmetic question ranks strong > mi
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from typing import Any
 
 import httpx
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel, FakeListChatModelError
+from tenacity import RetryCallState, Retrying
 
 from scope_langchain import ScopeRouter, is_transient
+from scope_langchain._redact import describe, redact
+from scope_langchain._retry import Recovery
 from scope_shared import Budget
-from tests.unit.langchain_fakes import MATH_Q, calls, fake, make_engine, reply
+from tests.unit.langchain_fakes import MATH_Q, calls, fake, fakes, make_engine, reply
 
 
 class Boom(ValueError):
@@ -203,3 +208,66 @@ def test_stream_closed_early_settles() -> None:
     next(stream)
     stream.close()
     assert _held(router) == 0.0
+
+
+# -- what a failed model's error may show ------------------------------------------------------------------
+
+SECRETS = ["sk-proj-Abc123Def456Ghi789", "s3cr3t-pw", "eyJhbGciOiJIUzI1NiJ9.payload.sig", "hunter2hunter2"]
+LEAKY = (
+    f"Error code: 401 - Incorrect API key provided: {SECRETS[0]}. Proxy https://alice:{SECRETS[1]}@proxy.example.com"
+    f"/v1 said: Authorization: Bearer {SECRETS[2]}; retry with api_key={SECRETS[3]}"
+)
+
+
+def test_failed_model_errors_are_redacted_in_metadata_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    models = {"strong": fake("strong", Boom(LEAKY)), "mid": fake("mid"), "cheap": fake("cheap")}
+    with caplog.at_level(logging.WARNING, logger="scope_langchain"):
+        out = _router(models).invoke(MATH_Q)
+    (failed,) = _scope(out)["failed"]
+    assert failed["model"] == "strong" and failed["error"].startswith("Boom: Error code: 401 - Incorrect API key")
+    assert "proxy.example.com" in failed["error"]  # the rest of the message stays readable
+    shown = failed["error"] + "\n" + caplog.text
+    assert "strong failed" in caplog.text
+    assert not [s for s in SECRETS if s in shown]
+
+
+@pytest.mark.parametrize(
+    ("text", "secret", "shown"),
+    [
+        (
+            "connect https://user:pw1234@host.example/v1 failed",
+            "user:pw1234",
+            "connect https://***@host.example/v1 failed",
+        ),
+        ('{"Authorization": "Basic dXNlcjpwYXNzd29yZA=="}', "dXNlcjpw", '{"Authorization": "Basic ***"}'),
+        ("token=ghp_abcdefghijklmnop0123 and hf_ABCDEFGHIJKLMNOPQRS", "abcdefgh", "token=*** and hf_***"),
+        ('"password": "hunter2", "x-api-key": "k-123"', "hunter2", '"password": "***", "x-api-key": "***"'),
+        (
+            "KeyError: 'monkey'; rate limited (429), retry in 2 s",
+            "",
+            "KeyError: 'monkey'; rate limited (429), retry in 2 s",
+        ),
+    ],
+)
+def test_redact(text: str, secret: str, shown: str) -> None:
+    assert redact(text) == shown
+    assert not secret or secret not in redact(text)
+
+
+def test_error_descriptions_are_one_bounded_line() -> None:
+    assert describe(Boom("")) == "Boom"
+    long = describe(Boom("line one\nline two " + "x" * 1000))
+    assert long.startswith("Boom: line one line two x") and len(long) <= len("Boom: ") + 300
+
+
+def test_backoff_grows_with_jitter_and_uses_no_deprecated_tenacity_api() -> None:
+    router = _router(fakes(), retry_wait=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        options = Recovery.of(router.engine, router).retry_options()
+    assert not [w for w in caught if "tenacity" in str(w.filename) or "deprecated" in str(w.message)]
+    state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
+    for attempt, base in [(1, 0.5), (2, 1.0), (3, 2.0), (6, 8.0), (9, 8.0)]:
+        state.attempt_number = attempt
+        waits = [options["wait"](state) for _ in range(50)]
+        assert all(base <= w <= base + 0.5 for w in waits) and max(waits) > min(waits)

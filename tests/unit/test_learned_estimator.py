@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -522,7 +523,7 @@ def test_large_store_is_fitted_on_a_bounded_sample() -> None:
         LearnedEstimator(max_fit_anchors=500, max_store_anchors=100)
 
 
-def test_a_route_while_the_first_fit_runs_falls_back_at_once_and_says_so(
+def test_a_route_while_the_first_fit_runs_falls_back_after_ready_wait_s_and_says_so(
     store: AnchorStore, cards: list[ModelCard], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release = threading.Event()
@@ -533,10 +534,12 @@ def test_a_route_while_the_first_fit_runs_falls_back_at_once_and_says_so(
         return real_export()
 
     monkeypatch.setattr(store, "export", slow_export)
-    est = LearnedEstimator(k=5, min_fit_pairs=10)
+    est = LearnedEstimator(k=5, min_fit_pairs=10, ready_wait_s=0.3)
     engine = ScopeEngine(store=store, models=cards, estimator=est, k=5)
     q = "what is 40 plus 41 in arithmetic"
+    started = time.monotonic()
     decisions = [engine.route(q, options={"reserve": False}), asyncio.run(engine.aroute(q, options={"reserve": False}))]
+    assert time.monotonic() - started < 5  # not held for the fit (it waits for release, 10 s)
     for d in decisions:
         assert d.degraded and "learned estimator is still fitting" in d.reason
         assert d.estimate.estimator == "anchors"
@@ -545,6 +548,13 @@ def test_a_route_while_the_first_fit_runs_falls_back_at_once_and_says_so(
     release.set()
     assert est.wait_ready(timeout=30)
     d = engine.route(q, options={"reserve": False})
+    assert d.estimate.estimator == "learned" and not d.degraded
+
+
+def test_the_first_route_on_a_store_with_a_saved_fit_uses_it(store: AnchorStore, cards: list[ModelCard]) -> None:
+    LearnedEstimator.from_store(store, k=5, min_fit_pairs=10)  # fitted and saved with the store
+    engine = ScopeEngine(store=store, models=cards, estimator=LearnedEstimator(k=5, min_fit_pairs=10), k=5)
+    d = engine.route("what is 40 plus 41 in arithmetic", options={"reserve": False})  # at once, no wait_ready
     assert d.estimate.estimator == "learned" and not d.degraded
 
 
@@ -579,3 +589,27 @@ def test_a_store_down_at_construction_is_retried_by_a_later_prediction_not_every
     assert engine.route(q, options={"reserve": False}).degraded  # this prediction starts the retry; it does not wait for it
     assert est.wait_ready(timeout=30) and len(attempts) == 2
     assert engine.route(q, options={"reserve": False}).estimate.estimator == "learned"
+
+
+@pytest.mark.parametrize(("coverage", "same"), [(0.2, True), (0.0, False)])
+def test_a_sparsely_profiled_model_is_not_estimated_from_its_few_own_neighbours(coverage: float, same: bool) -> None:
+    """fresh answered 2 of 20 anchors (10%): right on a sum and wrong on a poem, or the other way round. Its
+    overall accuracy is 0.5 either way; below min_own_coverage the nearest of the two does not move it."""
+    estimates = []
+    for math_right in (1.0, 0.0):
+        store = AnchorStore(embedder=HashingEmbedder())
+        store.add(sample_outcomes())
+        store.add([
+            Outcome(query=MATH[0], model="fresh", correct=math_right, output_tokens=5),
+            Outcome(query=POEMS[0], model="fresh", correct=1.0 - math_right, output_tokens=5),
+        ])
+        cards = [*CARDS, ModelCard(name="fresh", input_per_mtok=1.0, output_per_mtok=1.0)]
+        engine = ScopeEngine(store=store, models=cards, estimator=LearnedEstimator(min_own_coverage=coverage))
+        assert engine.wait_ready(timeout=30)
+        estimates.append(engine.route("what is 0 plus 2 in arithmetic").estimates["fresh"].p_correct)
+    assert (estimates[0] == pytest.approx(estimates[1])) is same
+
+
+def test_min_own_coverage_is_a_share() -> None:
+    with pytest.raises(ConfigError, match="min_own_coverage"):
+        LearnedEstimator(min_own_coverage=1.5)

@@ -22,6 +22,7 @@ PUBLIC = {
     "ScopeSelection",
     "ScopeSelector",
     "explain",
+    "profile_call",
     "replay_grader",
     "usage_of",
 }

@@ -18,6 +18,7 @@ from scope_llamaindex import (
     ScopeLLM,
     replay_grader,
 )
+from scope_llamaindex._tickets import SelectionCloser
 from scope_shared import ConfigError, ScopeEngine, UnknownModelError
 from scope_shared.replay import answer_text
 from scope_shared.store import anchor_id
@@ -36,7 +37,8 @@ GRADER = replay_grader(HELD_OUT)
 
 
 def _root_handlers() -> list[Any]:
-    return list(get_dispatcher().event_handlers)
+    """The root dispatcher's event handlers, less the selection closer ScopeSelector registers once."""
+    return [h for h in get_dispatcher().event_handlers if not isinstance(h, SelectionCloser)]
 
 
 @pytest.fixture

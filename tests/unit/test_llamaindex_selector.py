@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from llama_index.core import Document, VectorStoreIndex
+from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.base_selector import MultiSelection
-from llama_index.core.query_engine import RouterQueryEngine
+from llama_index.core.query_engine import CustomQueryEngine, RetrieverQueryEngine, RouterQueryEngine
 from llama_index.core.retrievers import RouterRetriever
-from llama_index.core.schema import TextNode
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from llama_index.core.tools import QueryEngineTool, RetrieverTool, ToolMetadata
 
 from scope_llamaindex import ScopeEventHandler, ScopeSelection, ScopeSelector, replay_grader
@@ -99,6 +102,39 @@ def test_tool_names_must_be_engine_models() -> None:
     )
     with pytest.raises(UnknownModelError, match=r"'gpt-9'.*name each tool after one of \['big', 'mid', 'small'\]"):
         router.query(Q_CODE)
+
+
+def test_aliases_map_tool_names_to_engine_models() -> None:
+    """Issue 16 item 18: tools named for what they do (two query engines over other data, same LLMs)."""
+    engine = make_engine()
+    index, llms = _index(), replay_llms()
+    tools = [
+        QueryEngineTool(
+            query_engine=index.as_query_engine(llm=llms[model]),
+            metadata=ToolMetadata(name=tool, description=f"the index answered by {model}"),
+        )
+        for tool, model in (("fast_answers", "small"), ("careful_answers", "big"))
+    ]
+    with pytest.raises(UnknownModelError, match=r"'fast_answers'.*aliases=.*ScopeSelector\(aliases=\{'fast_answers'"):
+        RouterQueryEngine(selector=ScopeSelector(engine=engine), query_engine_tools=tools).query(Q_CODE)
+    selector = ScopeSelector(engine=engine, aliases={"fast_answers": "small", "careful_answers": "big"})
+    router = RouterQueryEngine(selector=selector, query_engine_tools=tools)
+    hard, easy = _selection(router.query(Q_CODE)), _selection(router.query(Q_CAPITAL))
+    assert (hard.model, hard.tool, hard.index) == ("big", "careful_answers", 1)
+    assert (easy.model, easy.tool, easy.index) == ("small", "fast_answers", 0)
+    # Only the two aliased models were candidates.
+    assert set(hard.decision.estimates) == {"small", "big"}
+
+
+def test_aliases_are_validated() -> None:
+    engine = make_engine()
+    with pytest.raises(UnknownModelError, match=r"aliases\['fast'\] = 'gpt-9' is not a model of the engine"):
+        ScopeSelector(engine=engine, aliases={"fast": "gpt-9"})
+    with pytest.raises(ConfigError, match="aliases must be a mapping"):
+        ScopeSelector(engine=engine, aliases=["fast"])  # type: ignore[arg-type]
+    selector = ScopeSelector(engine=engine, aliases={"a": "big", "b": "big"})
+    with pytest.raises(ConfigError, match=r"choices 0 \('a'\) and 1 \('b'\) both stand for 'big'"):
+        selector.select([ToolMetadata(name="a", description="a"), ToolMetadata(name="b", description="b")], "q")
 
 
 def test_duplicate_and_missing_tool_names_are_rejected() -> None:
@@ -219,10 +255,101 @@ def test_router_retriever_returns_the_selected_models_nodes() -> None:
     retriever = RouterRetriever(selector=selector, retriever_tools=_retriever_tools())
     nodes = retriever.retrieve(Q_CODE)
     assert [n.node.node_id for n in nodes] == ["node-big"]
-    assert engine.ledger is not None and engine.ledger.held > 0
-    # No LLM ran for a retrieval: the caller releases the selection's reservation.
-    result = selector.select([ToolMetadata(name="big", description="b")], Q_CODE)
-    assert selector.release(result) == 1
+    # A retrieval makes no LLM call: its selection's reservation is released when retrieve() returns.
+    assert engine.ledger is not None and engine.ledger.held == 0.0 and engine.ledger.spent == 0.0
+
+
+def test_many_retrievals_under_a_tight_budget_hold_nothing() -> None:
+    """Issue 16 item 7: each retrieval used to keep its reservation, so the budget filled with $0 spent and
+    later selections were steered to cheaper models, then refused."""
+    engine = make_engine(budget=0.01)
+    retriever = RouterRetriever(selector=ScopeSelector(engine=engine), retriever_tools=_retriever_tools())
+    one = (
+        ScopeSelector(engine=make_engine(budget=1.0))
+        .select([t.metadata for t in _retriever_tools()], Q_CODE)
+        .selections[0]
+    )
+    assert one.decision.reserved_cost > 0.01 / 4  # a handful of leaked reservations would fill the budget
+    assert engine.ledger is not None
+    for _ in range(40):
+        nodes = retriever.retrieve(Q_CODE)
+        assert [n.node.node_id for n in nodes] == ["node-big"]
+        assert engine.ledger.held == 0.0
+    assert engine.ledger.spent == 0.0
+
+
+async def test_async_and_concurrent_multi_retrievals_hold_nothing() -> None:
+    engine = make_engine(budget=0.01)
+    retriever = RouterRetriever(
+        selector=ScopeSelector(engine=engine, max_outputs=2), retriever_tools=_retriever_tools()
+    )
+    assert engine.ledger is not None
+    for _ in range(20):
+        assert "node-big" in {n.node.node_id for n in await retriever.aretrieve(Q_CODE)}
+        assert engine.ledger.held == 0.0
+    # Concurrent retrievals hold their reservations at the same time (so some are steered); none is kept.
+    results = await asyncio.gather(*(retriever.aretrieve(Q_CODE) for _ in range(20)))
+    assert all(1 <= len(nodes) <= 2 for nodes in results)
+    assert engine.ledger.held == 0.0 and engine.ledger.spent == 0.0
+
+
+def test_retrieval_still_respects_the_budget() -> None:
+    retriever = RouterRetriever(
+        selector=ScopeSelector(engine=make_engine(budget=1e-12)), retriever_tools=_retriever_tools()
+    )
+    with pytest.raises(BudgetExceededError):
+        retriever.retrieve(Q_CODE)
+
+
+class _FailingRetriever(BaseRetriever):
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        raise RuntimeError("index offline")
+
+
+class _FailingQueryEngine(CustomQueryEngine):
+    def custom_query(self, query_str: str) -> str:
+        raise RuntimeError("index offline")
+
+
+def test_a_failed_retrieval_releases_its_selection() -> None:
+    engine = make_engine(budget=1.0)
+    tools = [RetrieverTool(retriever=_FailingRetriever(), metadata=ToolMetadata(name="big", description="big"))]
+    retriever = RouterRetriever(selector=ScopeSelector(engine=engine), retriever_tools=tools)
+    with pytest.raises(RuntimeError, match="index offline"):
+        retriever.retrieve(Q_CODE)
+    assert engine.ledger is not None and engine.ledger.held == 0.0
+
+
+def test_a_failed_routed_query_releases_its_selection() -> None:
+    engine = make_engine(budget=1.0)
+    tools = [QueryEngineTool(query_engine=_FailingQueryEngine(), metadata=ToolMetadata(name="big", description="b"))]
+    router = RouterQueryEngine(selector=ScopeSelector(engine=engine), query_engine_tools=tools)
+    with pytest.raises(RuntimeError, match="index offline"):
+        router.query(Q_CODE)
+    assert engine.ledger is not None and engine.ledger.held == 0.0
+
+
+def test_a_routed_retrieval_inside_a_routed_query_leaves_the_query_selection_active() -> None:
+    """The query engine SCOPE chose retrieves through its own RouterRetriever; the LLM call that follows is
+    still the query's selection's, and settles it."""
+    engine = make_engine(budget=1.0)
+    llms = replay_llms()
+    inner = RouterRetriever(selector=ScopeSelector(engine=engine), retriever_tools=_retriever_tools())
+    tools = [
+        QueryEngineTool(
+            query_engine=RetrieverQueryEngine.from_args(inner, llm=llms[name]),
+            metadata=ToolMetadata(name=name, description=name),
+        )
+        for name in ("small", "mid", "big")
+    ]
+    router = RouterQueryEngine(selector=ScopeSelector(engine=engine), query_engine_tools=tools)
+    with ScopeEventHandler(engine=engine, grader=replay_grader([recorded(Q_CODE, "big")])) as handler:
+        response = router.query(Q_CODE)
+    sel = _selection(response)
+    assert sel.model == "big" and sel.calls == 1 and str(response).startswith("[big] replayed")
+    assert engine.ledger is not None and engine.ledger.held == 0.0
+    assert engine.ledger.spent == pytest.approx(sel.cost) and sel.cost > 0
+    assert handler.recorded == 1
 
 
 async def test_router_retriever_async_multi() -> None:

@@ -63,6 +63,14 @@ class LearnedEstimator(Estimator):
             neighbours searched within the sample), so a fit reads a bounded amount whatever the store's size.
         persist: save each fit with the store (:meth:`AnchorStore.save_state`) and, before fitting, load the
             one saved there: a fitted store opens ready in every process, and only growth refits.
+        min_own_coverage: a model with outcomes on fewer than this share of the anchors (a new model profiled on
+            a few dozen) is estimated without its own outcomes among the query's neighbours: there are one or
+            two at most, far noisier than the ~``k`` every model had when the weights were fitted, so its overall
+            accuracy (which a representative profiling selection estimates well) stands in; the difficulty and
+            text features still come from every other model. Measured in docs/anchor_selection.md.
+        ready_wait_s: a prediction made in the first this-many seconds after :meth:`bind` waits for the
+            background load or fit to finish until then (loading a saved fit takes well under a second), then
+            raises :class:`EstimatorUnavailableError` (the engine's fallback answers, degraded) while a fit runs.
         fit_retry_s: after the background load or fit of an unfitted estimator fails (e.g. the store is
             down), a prediction starts another attempt once this many seconds have passed; the wait doubles
             with each failure in a row, up to 10 minutes.
@@ -88,7 +96,9 @@ class LearnedEstimator(Estimator):
         seed: int = 0,
         max_store_anchors: int = 10_000,
         persist: bool = True,
+        min_own_coverage: float = 0.1,
         fit_retry_s: float = 10.0,
+        ready_wait_s: float = 2.0,
     ) -> None:
         if k < 1:
             msg = f"k must be >= 1, got {k}"
@@ -123,6 +133,14 @@ class LearnedEstimator(Estimator):
         self.evidence = evidence
         self.tail_chars = tail_chars
         self.exact_weight = exact_weight
+        if not 0.0 <= min_own_coverage <= 1.0:
+            msg = f"min_own_coverage must be in [0, 1], got {min_own_coverage}"
+            raise ConfigError(msg)
+        self.min_own_coverage = min_own_coverage
+        if not 0.0 <= ready_wait_s < math.inf:
+            msg = f"ready_wait_s must be >= 0 seconds, got {ready_wait_s}"
+            raise ConfigError(msg)
+        self.ready_wait_s = ready_wait_s
         self.seed = seed
         self.max_store_anchors = max_store_anchors
         self.persist = persist
@@ -325,6 +343,9 @@ class LearnedEstimator(Estimator):
             )
             raise ConfigError(msg)
         thread = self._thread
+        if thread is not None and thread.is_alive() and self.ready_wait_s > 0:
+            # a saved fit loads in well under a second: the first decisions need not go to the fallback
+            thread.join(max(0.0, self._started_at + self.ready_wait_s - time.monotonic()))
         running = thread is not None and thread.is_alive()
         params = self._params  # read after the thread's state: a fit that finished just now is seen here
         if params is not None:
@@ -379,4 +400,5 @@ class LearnedEstimator(Estimator):
             prior=self.prior,
             exact_weight=self.exact_weight,
             evidence=self.evidence,
+            min_own_coverage=self.min_own_coverage,
         )

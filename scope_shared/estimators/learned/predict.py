@@ -33,8 +33,13 @@ def predict(
     prior: Prior | None,
     exact_weight: float,
     evidence: int,
+    min_own_coverage: float = 0.0,
 ) -> list[dict[str, Prediction]]:
-    """Predict every query for every model with ``params``; one dict per query, keyed by model name."""
+    """Predict every query for every model with ``params``; one dict per query, keyed by model name.
+
+    A candidate whose outcomes cover less than ``min_own_coverage`` of the fitted anchors is estimated without
+    its own neighbour outcomes (see :class:`~scope_shared.estimators.learned.LearnedEstimator`).
+    """
     # One vectorised pass per group of queries with the same model statistics (a batch from the engine is
     # one group: it reads them once per call).
     groups: list[tuple[Mapping[str, ModelStats], list[int]]] = []
@@ -47,7 +52,16 @@ def predict(
     out: dict[int, dict[str, Prediction]] = {}
     for _, rows in groups:
         ctxs = [queries[i] for i in rows]
-        predicted = _group(ctxs, models, params, settings, prior=prior, exact_weight=exact_weight, evidence=evidence)
+        predicted = _group(
+            ctxs,
+            models,
+            params,
+            settings,
+            prior=prior,
+            exact_weight=exact_weight,
+            evidence=evidence,
+            min_own_coverage=min_own_coverage,
+        )
         out.update(zip(rows, predicted, strict=True))
     return [out[i] for i in range(len(queries))]
 
@@ -61,6 +75,7 @@ def _group(
     prior: Prior | None,
     exact_weight: float,
     evidence: int,
+    min_own_coverage: float,
 ) -> list[dict[str, Prediction]]:
     """Predict for queries that share one statistics mapping: one (queries x anchors x models) pass."""
     all_stats_in = ctxs[0].stats
@@ -103,6 +118,10 @@ def _group(
                 correct[b, i, j] = o.correct
                 if o.output_tokens is not None:
                     log_tokens[b, i, j] = math.log1p(max(0.0, o.output_tokens))
+    sparse = [col[m] for m in models if m not in degraded and stats[m].n < min_own_coverage * params.anchors]
+    if sparse:  # too few own outcomes to be neighbours: the model's overall record stands in for them
+        correct[:, :, sparse] = np.nan
+        log_tokens[:, :, sparse] = np.nan
     nb = Neighbourhood(
         sims=sims,
         correct=correct,
