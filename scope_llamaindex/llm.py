@@ -394,10 +394,10 @@ class ScopeLLM(FunctionCallingLLM):
         return self._cascade
 
     def _plan(self, query: str, prompt: str) -> CascadePlan:
-        return self._cascade_or_raise().start(self.engine, query, **self._route_kwargs(query, prompt))
+        return self._cascade_or_raise().start(self.engine, query, **self._route_kwargs(query, prompt, None))
 
     async def _aplan(self, query: str, prompt: str) -> CascadePlan:
-        return await self._cascade_or_raise().astart(self.engine, query, **self._route_kwargs(query, prompt))
+        return await self._cascade_or_raise().astart(self.engine, query, **self._route_kwargs(query, prompt, None))
 
     def _cascaded(self, query: str, prompt: str, ask: Callable[[_Call], R]) -> R:
         return _cascade.drive(

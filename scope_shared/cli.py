@@ -610,6 +610,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--cascade-max-calls", type=int, default=4, help="calls per query a cascade makes at most")
     sp.add_argument("--cascade-candidates", type=int, default=8, help="models a cascade considers per query")
     sp.add_argument("--cascade-factors", type=int, default=1, choices=[1, 2], help="latent difficulty factors")
+    sp.add_argument(
         "--holdout-select",
         default="random",
         choices=["random", "informative"],
