@@ -9,6 +9,10 @@ response (``response.additional_kwargs["scope"]``) and announces the finished ca
 ``predict_and_call`` and structured outputs use) are routed among the wrapped LLMs that support function
 calling, and the chosen one formats the tools and reads its own tool calls. The wrapped LLM's call runs
 inside ScopeLLM's span (streams included), so tracing tools show it as a child of the routed call.
+
+One job, hence the length: the eight entry points LlamaIndex's ``LLM`` requires (chat and complete; sync,
+async, streaming) over one routed call's life (route, call, settle or release, stamp, announce); the call in
+flight lives in ``_calls``, function calling in ``_tools``, the cascade's driving in ``_cascade``.
 """
 
 from __future__ import annotations
@@ -26,8 +30,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -49,7 +52,15 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 
 from scope_llamaindex import _cascade
+from scope_llamaindex._calls import Call, R, Watch, aonce, call_id_of, in_span, once
 from scope_llamaindex._responses import measure, prompt_of
+from scope_llamaindex._tools import (
+    ToolRequest,
+    prepare_tool_chat,
+    read_tool_calls,
+    supports_function_calling,
+    tool_request,
+)
 from scope_llamaindex.events import ScopeCallEvent
 from scope_shared import ConfigError, Decision, RouteOptions, ScopeEngine, UnknownModelError
 from scope_shared.cascade import Cascade, CascadePlan, CascadeStep
@@ -61,88 +72,6 @@ __all__ = ["ScopeLLM"]
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
-
-R = TypeVar("R", ChatResponse, CompletionResponse)
-
-# The chat kwarg that carries a chat_with_tools request from _prepare_chat_with_tools to chat().
-_TOOLS = "scope_tool_request"
-
-
-@dataclass(frozen=True, slots=True)
-class _ToolRequest:
-    """A ``chat_with_tools`` call, kept whole so the chosen LLM can prepare it in its own format."""
-
-    tools: Sequence[BaseTool]
-    verbose: bool = False
-    allow_parallel_tool_calls: bool = False
-    tool_required: bool = False
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def arguments(self, messages: Sequence[ChatMessage], extra: Mapping[str, Any]) -> dict[str, Any]:
-        """Keyword arguments of the chosen LLM's ``chat_with_tools`` for ``messages``."""
-        args: dict[str, Any] = {
-            "chat_history": list(messages),
-            "verbose": self.verbose,
-            "allow_parallel_tool_calls": self.allow_parallel_tool_calls,
-            **self.kwargs,
-            **extra,
-        }
-        if self.tool_required:  # passed only when set: integrations older than the flag do not take it
-            args["tool_required"] = True
-        return args
-
-
-def supports_function_calling(llm: LLM) -> bool:
-    """Whether ``llm`` takes tools: a ``FunctionCallingLLM`` whose metadata says it is a function-calling model."""
-    return isinstance(llm, FunctionCallingLLM) and bool(llm.metadata.is_function_calling_model)
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """A routed call in flight, and the span (ScopeLLM's) the chosen LLM's call runs under."""
-
-    call_id: str
-    decision: Decision
-    query: str
-    prompt: str
-    llm: LLM
-    span_id: str | None = None
-    tools: _ToolRequest | None = None
-
-    @property
-    def model(self) -> str:
-        return self.decision.model
-
-    @property
-    def tool_llm(self) -> FunctionCallingLLM:
-        return cast(FunctionCallingLLM, self.llm)
-
-
-@contextmanager
-def _in_span(span_id: str | None) -> Iterator[None]:
-    """Make ``span_id`` the active span: work a stream does lazily nests under the call that opened it."""
-    if span_id is None:
-        yield
-        return
-    token = active_span_id.set(span_id)
-    try:
-        yield
-    finally:
-        active_span_id.reset(token)
-
-
-class _Watch(Generic[R]):
-    """A stream in flight: stamps each chunk with the call and keeps the last one."""
-
-    def __init__(self, stamp: dict[str, Any]) -> None:
-        self.stamp = stamp
-        self.last: R | None = None
-
-    def __call__(self, chunk: R) -> R:
-        chunk.additional_kwargs["scope"] = self.stamp
-        self.last = chunk
-        return chunk
-
 
 def last_user_message(messages: Sequence[ChatMessage]) -> str:
     """The text of the last user message (every message's text when there is none)."""
@@ -268,15 +197,15 @@ class ScopeLLM(FunctionCallingLLM):
             return int(self._count_tokens(text))
         return int(self.engine.estimate_tokens(text))
 
-    def _route_kwargs(self, query: str, prompt: str, tools: _ToolRequest | None) -> dict[str, Any]:
+    def _route_kwargs(self, query: str, prompt: str, tools: ToolRequest | None) -> dict[str, Any]:
         tokens = float(self._tokens(prompt)) if self._count_tokens is not None or prompt != query else None
         return {"input_tokens": tokens, "options": self._options if tools is None else self._tool_options}
 
-    def _call(self, decision: Decision, query: str, prompt: str, tools: _ToolRequest | None) -> _Call:
+    def _call(self, decision: Decision, query: str, prompt: str, tools: ToolRequest | None) -> Call:
         llm = self.llms[decision.model]
-        return _Call(uuid.uuid4().hex, decision, query, prompt, llm, active_span_id.get(), tools)
+        return Call(uuid.uuid4().hex, decision, query, prompt, llm, active_span_id.get(), tools)
 
-    def _tool_calls(self, call: _Call, response: Any) -> int:
+    def _tool_calls(self, call: Call, response: Any) -> int:
         """How many tool calls the chosen LLM finds in its response (0 for a call without tools)."""
         if call.tools is None:
             return 0
@@ -286,13 +215,13 @@ class ScopeLLM(FunctionCallingLLM):
             logger.debug("%s: could not read tool calls from its response", call.model, exc_info=True)
             return 0
 
-    def _stamp(self, call: _Call) -> dict[str, Any]:
+    def _stamp(self, call: Call) -> dict[str, Any]:
         return {"call_id": call.call_id, "model": call.model, "decision": call.decision.summary()}
 
-    def _abort(self, call: _Call) -> None:
+    def _abort(self, call: Call) -> None:
         self.engine.release(call.decision)
 
-    def _finish(self, call: _Call, response: R, *, completed: bool = True) -> R:
+    def _finish(self, call: Call, response: R, *, completed: bool = True) -> R:
         """Settle the reservation with the real usage, stamp the response and announce the call."""
         used = measure(response, call.prompt, self._tokens)
         if not used.reported and call.model not in self._warned:
@@ -329,7 +258,7 @@ class ScopeLLM(FunctionCallingLLM):
         return response
 
     @contextmanager
-    def _releasing(self, call: _Call) -> Iterator[_Call]:
+    def _releasing(self, call: Call) -> Iterator[Call]:
         """Release the call's reservation if the chosen LLM raises."""
         try:
             yield call
@@ -338,24 +267,24 @@ class ScopeLLM(FunctionCallingLLM):
             raise
 
     @contextmanager
-    def _routed(self, query: str, prompt: str, tools: _ToolRequest | None = None) -> Iterator[_Call]:
+    def _routed(self, query: str, prompt: str, tools: ToolRequest | None = None) -> Iterator[Call]:
         """Route ``query`` and hold the chosen LLM's call (released if it raises)."""
         decision = self.engine.route(query, **self._route_kwargs(query, prompt, tools))
         with self._releasing(self._call(decision, query, prompt, tools)) as call:
             yield call
 
     @asynccontextmanager
-    async def _arouted(self, query: str, prompt: str, tools: _ToolRequest | None = None) -> AsyncIterator[_Call]:
+    async def _arouted(self, query: str, prompt: str, tools: ToolRequest | None = None) -> AsyncIterator[Call]:
         """Async form of :meth:`_routed`."""
         decision = await self.engine.aroute(query, **self._route_kwargs(query, prompt, tools))
         with self._releasing(self._call(decision, query, prompt, tools)) as call:
             yield call
 
     @contextmanager
-    def _watching(self, call: _Call) -> Iterator[_Watch[Any]]:
+    def _watching(self, call: Call) -> Iterator[Watch[Any]]:
         """Stamp a stream's chunks; when it ends, settle what ran (or release, if nothing did: a stream that
         yielded nothing never cost anything we can count)."""
-        watch: _Watch[Any] = _Watch(self._stamp(call))
+        watch: Watch[Any] = Watch(self._stamp(call))
         completed = False
         try:
             yield watch
@@ -366,19 +295,19 @@ class ScopeLLM(FunctionCallingLLM):
             else:
                 self._finish(call, watch.last, completed=completed)
 
-    def _stream(self, call: _Call, chunks: Generator[R, None, None]) -> Generator[R, None, None]:
+    def _stream(self, call: Call, chunks: Generator[R, None, None]) -> Generator[R, None, None]:
         with self._watching(call) as watch:
             while True:
-                with _in_span(call.span_id):
+                with in_span(call.span_id):
                     chunk = next(chunks, None)
                 if chunk is None:
                     return
                 yield watch(chunk)
 
-    async def _astream(self, call: _Call, chunks: AsyncGenerator[R, None]) -> AsyncGenerator[R, None]:
+    async def _astream(self, call: Call, chunks: AsyncGenerator[R, None]) -> AsyncGenerator[R, None]:
         with self._watching(call) as watch:
             while True:
-                with _in_span(call.span_id):
+                with in_span(call.span_id):
                     try:
                         chunk = await anext(chunks)
                     except StopAsyncIteration:
@@ -399,16 +328,16 @@ class ScopeLLM(FunctionCallingLLM):
     async def _aplan(self, query: str, prompt: str) -> CascadePlan:
         return await self._cascade_or_raise().astart(self.engine, query, **self._route_kwargs(query, prompt, None))
 
-    def _cascaded(self, query: str, prompt: str, ask: Callable[[_Call], R]) -> R:
+    def _cascaded(self, query: str, prompt: str, ask: Callable[[Call], R]) -> R:
         return _cascade.drive(
-            self._plan(query, prompt), self._starter(query, prompt), ask, self._finish, _call_id
+            self._plan(query, prompt), self._starter(query, prompt), ask, self._finish, call_id_of
         )
 
-    async def _acascaded(self, query: str, prompt: str, ask: Callable[[_Call], Awaitable[R]]) -> R:
+    async def _acascaded(self, query: str, prompt: str, ask: Callable[[Call], Awaitable[R]]) -> R:
         plan = await self._aplan(query, prompt)
-        return await _cascade.adrive(plan, self._starter(query, prompt), ask, self._finish, _call_id)
+        return await _cascade.adrive(plan, self._starter(query, prompt), ask, self._finish, call_id_of)
 
-    def _starter(self, query: str, prompt: str) -> Callable[[CascadeStep], _Call]:
+    def _starter(self, query: str, prompt: str) -> Callable[[CascadeStep], Call]:
         return lambda step: self._call(step.decision, query, prompt, None)
 
     # -- chat ------------------------------------------------------------------------------------
@@ -419,7 +348,7 @@ class ScopeLLM(FunctionCallingLLM):
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        tools = _tool_request(kwargs)
+        tools = tool_request(kwargs)
         if self._cascade is not None and tools is None:  # a tool call's answer is no answer to compare
             return self._cascaded(*self._chat_query(messages), lambda c: c.llm.chat(messages, **kwargs))
         with self._routed(*self._chat_query(messages), tools) as call:
@@ -431,7 +360,7 @@ class ScopeLLM(FunctionCallingLLM):
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        tools = _tool_request(kwargs)
+        tools = tool_request(kwargs)
         if self._cascade is not None and tools is None:
             return await self._acascaded(*self._chat_query(messages), lambda c: c.llm.achat(messages, **kwargs))
         async with self._arouted(*self._chat_query(messages), tools) as call:
@@ -445,10 +374,10 @@ class ScopeLLM(FunctionCallingLLM):
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        tools = _tool_request(kwargs)
+        tools = tool_request(kwargs)
         if self._cascade is not None and tools is None:
             done = self._cascaded(*self._chat_query(messages), lambda c: c.llm.chat(messages, **kwargs))
-            return _once(_cascade.one_chunk(done))
+            return once(_cascade.one_chunk(done))
         with self._routed(*self._chat_query(messages), tools) as call:
             if call.tools is None:
                 chunks = call.llm.stream_chat(messages, **kwargs)
@@ -460,10 +389,10 @@ class ScopeLLM(FunctionCallingLLM):
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        tools = _tool_request(kwargs)
+        tools = tool_request(kwargs)
         if self._cascade is not None and tools is None:
             done = await self._acascaded(*self._chat_query(messages), lambda c: c.llm.achat(messages, **kwargs))
-            return _aonce(_cascade.one_chunk(done))
+            return aonce(_cascade.one_chunk(done))
         async with self._arouted(*self._chat_query(messages), tools) as call:
             if call.tools is None:
                 chunks = await call.llm.astream_chat(messages, **kwargs)
@@ -487,64 +416,26 @@ class ScopeLLM(FunctionCallingLLM):
     ) -> dict[str, Any]:
         """The messages, and the tool request that :meth:`chat` hands whole to the chosen LLM's
         ``chat_with_tools`` (each integration formats tools its own way)."""
-        if not self._tool_models:
-            msg = (
-                f"none of the wrapped LLMs supports function calling ({self._kinds(self.llms)}); wrap at least one "
-                "FunctionCallingLLM whose metadata.is_function_calling_model is True (e.g. OpenAI, Anthropic), "
-                "or use an agent that needs no tool calling (ReActAgent)"
-            )
-            raise ConfigError(msg)
-        messages = list(chat_history or [])
-        if isinstance(user_msg, str):
-            messages.append(ChatMessage(role=MessageRole.USER, content=user_msg))
-        elif user_msg is not None:
-            messages.append(user_msg)
-        request = _ToolRequest(
-            tools=list(tools),
+        return prepare_tool_chat(
+            self.llms,
+            self._tool_models,
+            tools,
+            user_msg,
+            chat_history,
             verbose=verbose,
             allow_parallel_tool_calls=allow_parallel_tool_calls,
             tool_required=tool_required,
-            kwargs=dict(kwargs),
+            kwargs=kwargs,
         )
-        return {"messages": messages, _TOOLS: request}
 
     def get_tool_calls_from_response(
         self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
     ) -> list[ToolSelection]:
         """The tool calls in a response, read by the LLM that wrote it (named by its ``scope`` stamp)."""
-        scope = response.additional_kwargs.get("scope")
-        model = scope.get("model") if isinstance(scope, Mapping) else None
-        if model in self.llms and model not in self._tool_models:
-            if error_on_no_tool_call:
-                msg = f"{model} answered without tool calls: it does not support function calling"
-                raise ValueError(msg)
-            return []
-        if model in self._tool_models:
-            llm = cast(FunctionCallingLLM, self.llms[model])
-        else:
-            llm = self._unstamped_reader()
-        return llm.get_tool_calls_from_response(response, error_on_no_tool_call=error_on_no_tool_call, **kwargs)
+        return read_tool_calls(
+            self.llms, self._tool_models, response, error_on_no_tool_call=error_on_no_tool_call, kwargs=kwargs
+        )
 
-    def _unstamped_reader(self) -> FunctionCallingLLM:
-        """The LLM that reads tool calls of a response this ScopeLLM did not stamp: any, if all are one kind."""
-        if not self._tool_models:
-            msg = f"none of the wrapped LLMs supports function calling ({self._kinds(self.llms)})"
-            raise ConfigError(msg)
-        tool_llms = {name: self.llms[name] for name in self._tool_models}
-        if len({type(llm) for llm in tool_llms.values()}) > 1:
-            msg = (
-                "this response carries no additional_kwargs['scope'] naming the model that wrote it, and the "
-                f"function-calling LLMs read tool calls differently ({self._kinds(tool_llms)}); pass a "
-                "response this ScopeLLM returned"
-            )
-            raise ConfigError(msg)
-        return cast(FunctionCallingLLM, tool_llms[self._tool_models[0]])
-
-    @staticmethod
-    def _kinds(llms: Mapping[str, LLM]) -> str:
-        return ", ".join(f"{name}: {type(llm).__name__}" for name, llm in llms.items())
-
-    # -- completion ------------------------------------------------------------------------------
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
@@ -567,7 +458,7 @@ class ScopeLLM(FunctionCallingLLM):
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         if self._cascade is not None:
             done = self._cascaded(prompt, prompt, lambda c: c.llm.complete(prompt, formatted=formatted, **kwargs))
-            return _once(_cascade.one_chunk(done))
+            return once(_cascade.one_chunk(done))
         with self._routed(prompt, prompt) as call:
             return self._stream(call, call.llm.stream_complete(prompt, formatted=formatted, **kwargs))
 
@@ -575,27 +466,6 @@ class ScopeLLM(FunctionCallingLLM):
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         if self._cascade is not None:
             ask = lambda c: c.llm.acomplete(prompt, formatted=formatted, **kwargs)  # noqa: E731
-            return _aonce(_cascade.one_chunk(await self._acascaded(prompt, prompt, ask)))
+            return aonce(_cascade.one_chunk(await self._acascaded(prompt, prompt, ask)))
         async with self._arouted(prompt, prompt) as call:
             return self._astream(call, await call.llm.astream_complete(prompt, formatted=formatted, **kwargs))
-
-
-def _call_id(call: _Call) -> str:
-    return call.call_id
-
-
-def _once(response: R) -> Generator[R, None, None]:
-    yield response
-
-
-async def _aonce(response: R) -> AsyncGenerator[R, None]:
-    yield response
-
-
-def _tool_request(kwargs: dict[str, Any]) -> _ToolRequest | None:
-    """Take the tool request :meth:`ScopeLLM._prepare_chat_with_tools` put into a chat's kwargs."""
-    request = kwargs.pop(_TOOLS, None)
-    if request is not None and not isinstance(request, _ToolRequest):
-        msg = f"{_TOOLS} is ScopeLLM's own chat argument; got {type(request).__name__}"
-        raise ConfigError(msg)
-    return request

@@ -13,7 +13,8 @@ import io
 import json
 import math
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,16 @@ from pydantic import ValidationError
 from scope_shared.errors import DataError
 from scope_shared.types import ModelCard, Outcome
 
-__all__ = ["RowCheck", "as_outcome", "check_model_name", "load_outcomes", "load_prices", "outcome_from_row"]
+__all__ = [
+    "RowCheck",
+    "as_outcome",
+    "check_model_name",
+    "load_outcomes",
+    "load_prices",
+    "outcome_from_row",
+    "read_rows",
+    "reading",
+]
 
 REQUIRED = ("query", "model", "correct")
 #: The longest line a loader reads (characters); a longer one is refused before it is held in memory.
@@ -148,11 +158,21 @@ class RowCheck:
         self._seen[key] = (where, outcome.correct, outcome.output_tokens)
 
 
-def _rows(path: Path, *, max_line_chars: int, max_lines: int) -> Iterator[tuple[int, Mapping[str, Any]]]:
+def read_rows(
+    path: Path,
+    *,
+    required: Sequence[str],
+    max_line_chars: int = MAX_LINE_CHARS,
+    max_lines: int = MAX_LINES,
+    allow_empty: bool = False,
+) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    """Each row of a CSV or JSONL file (``.gz`` allowed) with its line number; :class:`DataError` for a line or
+    file over the limits, a line that is not a JSON object, or a CSV header without the ``required`` columns
+    (an empty CSV yields nothing when ``allow_empty``). Wrap the reading in :func:`reading`."""
     name = path.name.removesuffix(".gz")
     with _open_text(path) as fh:
         lines = _lines(fh, path, max_line_chars=max_line_chars, max_lines=max_lines)
-        if name.endswith(".jsonl") or name.endswith(".ndjson"):
+        if name.endswith((".jsonl", ".ndjson")):
             for lineno, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
@@ -165,15 +185,29 @@ def _rows(path: Path, *, max_line_chars: int, max_lines: int) -> Iterator[tuple[
                     msg = f"{path}:{lineno}: expected a JSON object per line"
                     raise DataError(msg)
                 yield lineno, obj
-        else:
-            reader = csv.DictReader(lines)
-            header = reader.fieldnames or []
-            missing = [c for c in REQUIRED if c not in header]
-            if missing:
-                msg = f"{path}: missing column(s) {missing}; found {header}"
-                raise DataError(msg)
-            for row in reader:
-                yield reader.line_num, row
+            return
+        csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # prompts can exceed csv's 128 kB default
+        reader = csv.DictReader(lines)
+        header = reader.fieldnames or []
+        if not header and allow_empty:
+            return
+        missing = [c for c in required if c not in header]
+        if missing:
+            msg = f"{path}: missing column(s) {missing}; found {header}; required: {list(required)}"
+            raise DataError(msg)
+        for row in reader:
+            yield reader.line_num, row
+
+
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Turn what reading a file can raise past its parsing (a truncated ``.gz``, bad UTF-8, a malformed CSV)
+    into one :class:`DataError` naming the file."""
+    try:
+        yield
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError, csv.Error) as exc:
+        msg = f"{path}: cannot read ({type(exc).__name__}: {exc}); is the file truncated or not UTF-8?"
+        raise DataError(msg) from None
 
 
 def load_outcomes(
@@ -188,15 +222,12 @@ def load_outcomes(
     p = Path(path)
     out: list[Outcome] = []
     check = RowCheck()
-    try:
-        for lineno, row in _rows(p, max_line_chars=max_line_chars, max_lines=max_lines):
+    with reading(p):
+        for lineno, row in read_rows(p, required=REQUIRED, max_line_chars=max_line_chars, max_lines=max_lines):
             where = f"{p}:{lineno}"
             outcome = outcome_from_row(row, where=where)
             check(outcome, where)
             out.append(outcome)
-    except (EOFError, OSError, zlib.error, UnicodeDecodeError, csv.Error) as exc:
-        msg = f"{p}: cannot read ({type(exc).__name__}: {exc}); is the file truncated or not UTF-8?"
-        raise DataError(msg) from None
     return out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,10 +23,10 @@ from scope_shared.engine import ScopeEngine
 from scope_shared.errors import ConfigError, DataError
 from scope_shared.escalation import Escalation, escalated
 from scope_shared.estimators.base import Estimator
+from scope_shared.holdout import hold_out, holdout_report
 from scope_shared.metrics import aiq, auroc, expected_calibration_error, hull_aiq, upper_hull
 from scope_shared.policy import utility
 from scope_shared.store import AnchorStore
-from scope_shared.suites.selection import DEFAULT_STRATEGY, SELECTION_STRATEGIES, select_anchors
 from scope_shared.types import DEFAULT_TOKENS_PER_CHAR, Estimate, ModelCard, Outcome
 
 if TYPE_CHECKING:
@@ -275,7 +275,7 @@ def evaluate(
         # a selection embeds the candidates before the load: keep every vector so that the load reuses them
         texts = 0 if holdout_select == "random" else len({o.query for o in anchor_rows})
         store = AnchorStore(embedder=embedder, embed_cache=max(1024, texts))
-    anchor_rows, kept = _hold_out(
+    anchor_rows, kept = hold_out(
         anchor_rows, holdout_models, holdout_anchors, holdout_seed, known, select=holdout_select, embed=store.embed
     )
     if anchors is not None:
@@ -330,7 +330,7 @@ def evaluate(
         "timing_s": {"load": round(t_load, 2), "estimate": round(t_est, 2)},
     }
     if holdout_models:
-        report["holdout"] = _holdout_report(kept, holdout_seed, estimation, routing) | {"select": holdout_select}
+        report["holdout"] = holdout_report(kept, holdout_seed, estimation, routing) | {"select": holdout_select}
     if cascade is not None:
         report["cascade"] = cascade.run(
             anchors=anchor_rows,
@@ -344,92 +344,6 @@ def evaluate(
             tokens_per_char=store.tokens_per_char,
         )
     return report
-
-
-def _hold_out(
-    rows: Sequence[Outcome],
-    models: Sequence[str],
-    n_keep: int,
-    seed: int,
-    known: set[str],
-    *,
-    select: str = "random",
-    embed: Callable[[Sequence[str]], Any] | None = None,
-) -> tuple[list[Outcome], dict[str, int]]:
-    """Keep each held-out model's outcomes on only ``n_keep`` anchors (seeded); other rows unchanged.
-
-    ``select="random"`` draws them uniformly; otherwise :func:`select_anchors` chooses them (``informative``:
-    its default strategy) from ``embed``'s vectors of the candidates and the outcomes of the priced models
-    that are not held out.
-    """
-    held = list(dict.fromkeys(models))
-    if select not in ("random", "informative", *SELECTION_STRATEGIES):
-        msg = f"unknown holdout selection {select!r}; known: random, informative, {', '.join(SELECTION_STRATEGIES)}"
-        raise ConfigError(msg)
-    if not held:
-        return list(rows), {}
-    unknown = [m for m in held if m not in known]
-    if unknown:
-        msg = f"holdout models without prices or anchor outcomes: {unknown}; known: {sorted(known)}"
-        raise ConfigError(msg)
-    if n_keep < 0:
-        msg = f"holdout_anchors must be >= 0, got {n_keep}"
-        raise ConfigError(msg)
-    keep: dict[str, set[str]] = {}
-    for i, model in enumerate(held):
-        queries = sorted({o.query for o in rows if o.model == model})
-        if select == "random":
-            rng = np.random.default_rng([seed, i])
-            picked = rng.choice(len(queries), size=min(n_keep, len(queries)), replace=False)
-            keep[model] = {queries[j] for j in picked}
-        else:
-            keep[model] = set(_select(rows, queries, held, known, n_keep, [seed, i], select, embed))
-    out = [o for o in rows if o.model not in keep or o.query in keep[o.model]]
-    return out, {m: len(q) for m, q in keep.items()}
-
-
-def _select(
-    rows: Sequence[Outcome],
-    queries: Sequence[str],
-    held: Sequence[str],
-    known: set[str],
-    n_keep: int,
-    seed: Sequence[int],
-    select: str,
-    embed: Callable[[Sequence[str]], Any] | None,
-) -> list[str]:
-    if embed is None:
-        msg = f"holdout selection {select!r} needs the store's embedder (embed=...)"
-        raise ConfigError(msg)
-    refs = sorted(known - set(held))
-    row_of, col_of = {q: r for r, q in enumerate(queries)}, {m: c for c, m in enumerate(refs)}
-    outcomes = np.full((len(queries), len(refs)), np.nan)
-    for o in rows:
-        r, c = row_of.get(o.query), col_of.get(o.model)
-        if r is not None and c is not None:
-            outcomes[r, c] = o.correct
-    strategy: Any = DEFAULT_STRATEGY if select == "informative" else select
-    vectors = np.asarray(embed(list(queries)), dtype=np.float64)
-    return select_anchors(queries, vectors, outcomes, n=min(n_keep, len(queries)), seed=seed, strategy=strategy)
-
-
-def _holdout_report(
-    kept: Mapping[str, int], seed: int, estimation: Mapping[str, Any], routing: Mapping[str, Any]
-) -> dict[str, Any]:
-    per_model = {m: estimation["auroc_per_model"].get(m) for m in kept}
-    scored = [a for a in per_model.values() if a is not None]
-    curve = routing["curve"]
-    share = {m: float(np.mean([pt["model_share"].get(m, 0.0) for pt in curve])) if curve else 0.0 for m in kept}
-    top = max(curve, key=lambda pt: (pt["accuracy"], -pt["cost"])) if curve else None
-    return {
-        "models": list(kept),
-        "anchors_kept": dict(kept),
-        "seed": seed,
-        "auroc_per_model": per_model,
-        "auroc_within_model": float(np.mean(scored)) if scored else None,
-        "mean_share_over_curve": share,
-        "share_at_max_accuracy": {m: top["model_share"].get(m, 0.0) for m in kept} if top else {},
-    }
 
 
 def _escalated_share(estimates: Mapping[str, Mapping[str, Estimate]]) -> float | None:

@@ -15,13 +15,16 @@ threads that only call the model:
 Ctrl-C (SIGINT, in the main thread) stops issuing calls and waits for the calls in flight, records them, then
 raises ``KeyboardInterrupt``; a second Ctrl-C abandons the calls in flight. Either way every outcome graded
 before it is in the store.
+
+One job, hence the length: the run above is one state machine (``_Run``: reserve, dispatch, settle, grade,
+record, stop at the cap or on Ctrl-C); its templates are :mod:`~scope_shared.profile.template` and its store
+writer :mod:`~scope_shared.profile.writer`.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import re
 import signal
 import threading
 import time
@@ -37,6 +40,8 @@ from scope_shared.profile.calls import Call, Caller, Usage, classify
 from scope_shared.profile.costs import TokenGuess, guess_tokens
 from scope_shared.profile.report import ProfileEntry, ProfileReport, UsageSource
 from scope_shared.profile.select import Selector, choose_anchors
+from scope_shared.profile.template import TEMPLATE_FIELDS, check_template, render
+from scope_shared.profile.writer import OutcomeWriter
 from scope_shared.store import AnchorStore
 from scope_shared.store.records import anchor_id
 from scope_shared.suites import DEFAULT_SUITE, AnchorSuite, SuiteQuestion, load_suite
@@ -46,28 +51,8 @@ __all__ = ["TEMPLATE_FIELDS", "check_template", "profile", "render"]
 
 logger = logging.getLogger(__name__)
 
-#: The placeholders a template may use: the suite's prompt (question and answer-format instruction), or its parts.
-TEMPLATE_FIELDS = ("prompt", "query", "instruction")
-_FIELD = re.compile(r"\{(prompt|query|instruction)\}")
 _POLL = 0.2
 _EPS = 1e-12
-
-
-def render(template: str | None, question: SuiteQuestion) -> str:
-    """The text sent for ``question``: its :attr:`~SuiteQuestion.prompt`, or ``template`` with the placeholders
-    ``{prompt}``, ``{query}`` and ``{instruction}`` replaced (other braces are left as they are)."""
-    if template is None:
-        return question.prompt
-    values = {"prompt": question.prompt, "query": question.query, "instruction": question.instruction}
-    return _FIELD.sub(lambda m: values[m.group(1)], template)
-
-
-def check_template(template: str, *, where: str = "template") -> str:
-    """``template`` if it holds a placeholder; :class:`ConfigError` otherwise."""
-    if not isinstance(template, str) or not _FIELD.search(template):
-        msg = f"{where} has none of the placeholders {{prompt}}, {{query}}, {{instruction}}: {str(template)[:80]!r}"
-        raise ConfigError(msg)
-    return template
 
 
 def _check_args(model: Any, call: Any, n: int | None, concurrency: int, template: str | None, retries: int) -> None:
@@ -125,59 +110,6 @@ class _Done:
     seconds: float = 0.0
 
 
-class _Writer:
-    """Writes graded outcomes to the store in a thread of its own: each write takes every outcome graded since
-    the last one began (group commit), so calls go on while the store writes and nothing waits for a batch."""
-
-    def __init__(self, store: AnchorStore) -> None:
-        self._store = store
-        self._cond = threading.Condition()
-        self._pending: list[Outcome] = []
-        self._busy = False
-        self._closed = False
-        self.error: BaseException | None = None
-        self.writes = 0
-        self._thread = threading.Thread(target=self._run, name="scope-profile-writer", daemon=True)
-        self._thread.start()
-
-    def put(self, outcome: Outcome) -> None:
-        with self._cond:
-            self._pending.append(outcome)
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
-                if not self._pending:
-                    return
-                batch, self._pending, self._busy = self._pending, [], True
-            try:
-                self._store.add(batch, batch_size=len(batch), progress=False)
-            except BaseException as exc:  # the run's thread raises it
-                with self._cond:
-                    self.error = self.error or exc
-                    self._busy, self._closed = False, True
-                    self._cond.notify_all()
-                return
-            with self._cond:
-                self.writes += 1
-                self._busy = False
-                self._cond.notify_all()
-
-    def close(self) -> None:
-        """Write what is pending, then stop; raises the store's error, if a write failed."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-            while (self._pending or self._busy) and self.error is None:
-                self._cond.wait(_POLL)
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-
-
 class _Run:
     """One profiling run's state; :meth:`go` runs it. Everything but :meth:`_work` runs in the calling thread."""
 
@@ -206,7 +138,7 @@ class _Run:
         self.jobs: queue.Queue[str | None] = queue.Queue()
         self.results: queue.Queue[_Done] = queue.Queue()
         self.in_flight: dict[str, Reservation | None] = {}
-        self.writer = _Writer(store)
+        self.writer = OutcomeWriter(store, poll=_POLL)
         self.stop = stop
         self.interrupts = 0
         self.fatal: BaseException | None = None

@@ -2,17 +2,20 @@
 
 The same class runs embedded (a directory), in memory, or against a Chroma server (``chroma run``). The
 record format is :mod:`scope_shared.store.records`; the running totals behind :meth:`AnchorStore.model_stats`
-are :mod:`scope_shared.store.totals`; the client and index settings are :mod:`scope_shared.store.chroma`.
+are :mod:`scope_shared.store.totals`; the client and index settings are :mod:`scope_shared.store.chroma`;
+the record cache is :mod:`scope_shared.store.cache`; bulk reads are :mod:`scope_shared.store.pages`.
+
+One job, hence the length: ``AnchorStore`` is the store's one public face (its backends and settings
+documented and checked at construction, the batched write, the nearest-first query); what it delegates
+lives in the modules named above.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +26,13 @@ import numpy as np
 from scope_shared.data import RowCheck, as_outcome
 from scope_shared.embeddings import CachedEmbedder, Embedder, Matrix, as_embedder
 from scope_shared.errors import ConfigError, DataError, EmptyStoreError
-from scope_shared.store.chroma import ChromaConnection, check_hnsw
+from scope_shared.store.cache import Cached, RecordCache
+from scope_shared.store.chroma import ChromaConnection, check_hnsw, check_verify
+from scope_shared.store.pages import export_all, export_sample, metadata_by_id, scan_metadata
 from scope_shared.store.records import (
     QUESTION,
     add_to_meta,
     anchor_id,
-    export_rows,
     new_meta,
     outcomes_of,
     question_of,
@@ -36,18 +40,13 @@ from scope_shared.store.records import (
 )
 from scope_shared.store.state import SideRecords
 from scope_shared.store.totals import RunningTotals, StatsCheck
-from scope_shared.types import AnchorOutcome, AnchorRecord, ModelStats, Outcome, estimate_tokens
+from scope_shared.types import AnchorRecord, ModelStats, Outcome, estimate_tokens
 
 __all__ = ["DEFAULT_COLLECTION", "AddReport", "AnchorStore"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_COLLECTION = "scope-anchors"
-_PAGE = 2000
-_ID_CHUNK = 1000
-
-_Cached = tuple[str, dict[str, AnchorOutcome]]
-
 
 @dataclass(frozen=True, slots=True)
 class AddReport:
@@ -57,22 +56,6 @@ class AddReport:
     anchors_new: int
     anchors_updated: int
     batches: int
-
-
-def _check_verify(verify: Any, *, ssl: bool, host: str | None) -> bool | str:
-    """``verify`` as chromadb takes it: a bool, or the path of an existing CA bundle."""
-    if isinstance(verify, bool):
-        return verify
-    if not isinstance(verify, str | Path):
-        msg = f"verify must be True, False or the path of a CA bundle (PEM), got {type(verify).__name__}"
-        raise ConfigError(msg)
-    if not Path(verify).is_file():
-        msg = f"verify={str(verify)!r} is not a file; pass the CA bundle (PEM) that signed the server's certificate"
-        raise ConfigError(msg)
-    if host and not ssl:
-        msg = f"verify={str(verify)!r} is a CA bundle but ssl=False: pass ssl=True to use TLS"
-        raise ConfigError(msg)
-    return str(verify)
 
 
 class AnchorStore:
@@ -166,7 +149,7 @@ class AnchorStore:
             if isinstance(secs, bool) or not isinstance(secs, int | float) or not 0 < secs < float("inf"):
                 msg = f"{name} must be a positive number of seconds, got {secs!r}"
                 raise ConfigError(msg)
-        verify = _check_verify(verify, ssl=ssl, host=host)
+        verify = check_verify(verify, ssl=ssl, host=host)
         self._embedder = as_embedder(embedder)
         self._embed: Embedder = CachedEmbedder(self._embedder, maxsize=embed_cache) if embed_cache else self._embedder
         self._tail = embed_tail_chars
@@ -194,9 +177,7 @@ class AnchorStore:
         )
         self._batch_size = batch_size
         self._stats_ttl = stats_ttl
-        self._cache_size = record_cache
-        self._cache: OrderedDict[str, tuple[float, _Cached]] = OrderedDict()
-        self._cache_lock = threading.Lock()
+        self._cache = RecordCache(size=record_cache, ttl=stats_ttl)
         self._lock = threading.RLock()
         self._writes = 0
 
@@ -329,9 +310,7 @@ class AnchorStore:
                 raise
             finally:  # even a half-written batch: the next read of these anchors goes to the store (and its
                 # journal is settled at the next write or statistics refresh)
-                with self._cache_lock:
-                    for rid in ids:
-                        self._cache.pop(rid, None)
+                self._cache.drop(ids)
             self._writes += 1
             self._totals.wrote(records, before)
         return len(fresh), len(ids) - len(fresh)
@@ -431,15 +410,9 @@ class AnchorStore:
             for row in cut
         ]
 
-    def _records_by_id(self, ids: set[str]) -> dict[str, _Cached]:
+    def _records_by_id(self, ids: set[str]) -> dict[str, Cached]:
         now = time.monotonic()
-        found: dict[str, _Cached] = {}
-        with self._cache_lock:
-            for rid in ids:
-                hit = self._cache.get(rid)
-                if hit is not None and now - hit[0] < self._stats_ttl:
-                    self._cache.move_to_end(rid)
-                    found[rid] = hit[1]
+        found = self._cache.hits(ids, now)
         missing = [rid for rid in ids if rid not in found]
         if missing:
             col = self._col()
@@ -449,26 +422,11 @@ class AnchorStore:
                 for rid, meta in zip(got["ids"], got["metadatas"] or [], strict=True)
             }
             found |= fresh
-            if self._cache_size:
-                with self._cache_lock:
-                    for rid, rec in fresh.items():
-                        self._cache[rid] = (now, rec)
-                        self._cache.move_to_end(rid)
-                    while len(self._cache) > self._cache_size:
-                        self._cache.popitem(last=False)
+            self._cache.put(fresh, now)
         return found
 
     def _metadata_by_id(self, ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
-        col = self._col()
-        out: dict[str, Mapping[str, Any]] = {}
-
-        def page(chunk: list[str]) -> Any:
-            return self._conn.guard(lambda: col.get(ids=chunk, include=["metadatas"]), "read anchors")
-
-        for i in range(0, len(ids), _ID_CHUNK):
-            got = page(list(ids[i : i + _ID_CHUNK]))
-            out.update((rid, meta or {}) for rid, meta in zip(got["ids"], got["metadatas"] or [], strict=True))
-        return out
+        return metadata_by_id(self._conn, ids)
 
     def get(self, ids: Sequence[str]) -> dict[str, AnchorRecord]:
         """Anchors by id (similarity set to 1.0)."""
@@ -487,45 +445,15 @@ class AnchorStore:
         Returns the anchors (similarity set to 1.0), their embeddings as one row-aligned matrix, and each
         anchor's recorded input tokens (None where none was recorded). Reads page by page.
         """
-        col = self._col()
-        pages = []
-        for offset in itertools.count(0, _PAGE):
-
-            def page_at(off: int = offset) -> Any:
-                return col.get(include=["metadatas", "embeddings"], limit=_PAGE, offset=off)
-
-            page = self._conn.guard(page_at, "export anchors")
-            pages.append(page)
-            if len(page["ids"] or []) < _PAGE:
-                break
-        return export_rows(pages)
+        return export_all(self._conn)
 
     def sample(self, n: int, *, seed: int = 0) -> tuple[list[AnchorRecord], Matrix, list[float | None]]:
         """Like :meth:`export`, for ``n`` anchors drawn at random (all of them when the store holds fewer)."""
-        col = self._col()
-        ids: list[str] = list(self._conn.guard(lambda: col.get(include=[]), "list anchors")["ids"])
-        if len(ids) > n:
-            rng = np.random.default_rng(seed)
-            ids = [ids[i] for i in np.sort(rng.choice(len(ids), size=n, replace=False))]
-
-        def page(chunk: list[str]) -> Any:
-            return self._conn.guard(lambda: col.get(ids=chunk, include=["metadatas", "embeddings"]), "read anchors")
-
-        return export_rows(page(ids[i : i + _ID_CHUNK]) for i in range(0, len(ids), _ID_CHUNK))
+        return export_sample(self._conn, n, seed=seed)
 
     def iter_metadata(self) -> Iterable[Mapping[str, Any]]:
         """Every anchor's metadata, page by page."""
-        col = self._col()
-        for offset in itertools.count(0, _PAGE):
-
-            def page_at(off: int = offset) -> Any:
-                return col.get(include=["metadatas"], limit=_PAGE, offset=off)
-
-            page = self._conn.guard(page_at, "scan anchors")
-            metas = page["metadatas"] or []
-            yield from metas
-            if len(metas) < _PAGE:
-                return
+        return scan_metadata(self._conn)
 
     # -- statistics and state ------------------------------------------------------------------
 

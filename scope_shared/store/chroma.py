@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from scope_shared.errors import ConfigError, DataError, StoreAccessError, StoreUnavailableError
 
-__all__ = ["HNSW_FIXED", "HNSW_UPDATABLE", "ChromaConnection", "check_hnsw"]
+__all__ = ["HNSW_FIXED", "HNSW_UPDATABLE", "ChromaConnection", "check_hnsw", "check_verify"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,22 @@ def check_hnsw(hnsw: Mapping[str, float]) -> dict[str, float]:
                 raise ConfigError(msg)
             out[key] = value
     return out
+
+
+def check_verify(verify: Any, *, ssl: bool, host: str | None) -> bool | str:
+    """``verify`` as chromadb takes it: a bool, or the path of an existing CA bundle."""
+    if isinstance(verify, bool):
+        return verify
+    if not isinstance(verify, str | Path):
+        msg = f"verify must be True, False or the path of a CA bundle (PEM), got {type(verify).__name__}"
+        raise ConfigError(msg)
+    if not Path(verify).is_file():
+        msg = f"verify={str(verify)!r} is not a file; pass the CA bundle (PEM) that signed the server's certificate"
+        raise ConfigError(msg)
+    if host and not ssl:
+        msg = f"verify={str(verify)!r} is a CA bundle but ssl=False: pass ssl=True to use TLS"
+        raise ConfigError(msg)
+    return str(verify)
 
 
 class ChromaConnection:

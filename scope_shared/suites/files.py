@@ -8,19 +8,19 @@ checksums), ``questions.jsonl.gz`` (one question and its outcomes per line) and 
 
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
 import io
 import json
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from scope_shared.data import read_rows, reading
 from scope_shared.errors import ConfigError, DataError
 from scope_shared.suites.graders import Grader, grader_named
 from scope_shared.suites.judges import CallableGrader
@@ -239,41 +239,6 @@ def _grader_table(graders: Mapping[str, Grader | Callable[[str, str], float | bo
 # -- your own questions -------------------------------------------------------------------------------------
 
 
-def _rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
-    name = path.name.removesuffix(".gz")
-    opener: Callable[[], Any] = (
-        (lambda: io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline=""))
-        if path.suffix == ".gz"
-        else (lambda: open(path, encoding="utf-8", newline=""))  # noqa: SIM115
-    )
-    with opener() as fh:
-        if name.endswith((".jsonl", ".ndjson")):
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    msg = f"{path}:{lineno}: not valid JSON ({exc.msg})"
-                    raise DataError(msg) from None
-                if not isinstance(obj, dict):
-                    msg = f"{path}:{lineno}: expected a JSON object per line"
-                    raise DataError(msg)
-                yield lineno, obj
-            return
-        csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # prompts can exceed csv's 128 kB default
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        if not header:
-            return
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            msg = f"{path}: missing column(s) {missing}; found {header}; required: {list(REQUIRED_COLUMNS)}"
-            raise DataError(msg)
-        for row in reader:
-            yield reader.line_num, row
-
-
 def suite_from_csv(
     path: str | Path,
     *,
@@ -297,8 +262,8 @@ def suite_from_csv(
     questions: list[SuiteQuestion] = []
     seen_ids: dict[str, int] = {}
     seen_queries: dict[str, int] = {}
-    try:
-        for lineno, row in _rows(p):
+    with reading(p):
+        for lineno, row in read_rows(p, required=REQUIRED_COLUMNS, allow_empty=True):
             where = f"{p}:{lineno}"
             missing = [c for c in REQUIRED_COLUMNS if c not in row]
             if missing:
@@ -326,9 +291,6 @@ def suite_from_csv(
             questions.append(
                 SuiteQuestion(query_id=qid, query=query, task=task, reference=reference, grader=kind.strip())
             )
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as exc:
-        msg = f"{p}: cannot read ({type(exc).__name__}: {exc}); is the file truncated or not UTF-8?"
-        raise DataError(msg) from None
     if not questions:
         msg = f"{p}: no questions (the file is empty)"
         raise DataError(msg)

@@ -10,7 +10,8 @@ import pytest
 
 from scope_shared import AnchorStore, ConfigError, HashingEmbedder, Outcome
 from scope_shared.cli import main
-from scope_shared.evaluation import _hold_out, evaluate
+from scope_shared.evaluation import evaluate
+from scope_shared.holdout import hold_out
 from scope_shared.suites.selection import SELECTION_STRATEGIES, fit_2pl, kmeans, select_anchors
 from tests.unit.conftest import CARDS
 
@@ -141,7 +142,7 @@ WORLD_CARDS = [*CARDS, *(c.model_copy(update={"name": n}) for c in CARDS[1:] for
 def kept_by_hold_out(anchors: list[Outcome], select: str, seed: int = 0) -> set[str]:
     store = AnchorStore(embedder=HashingEmbedder())
     known = {c.name for c in WORLD_CARDS}
-    rows, kept = _hold_out(anchors, ["small"], 8, seed, known, select=select, embed=store.embed)
+    rows, kept = hold_out(anchors, ["small"], 8, seed, known, select=select, embed=store.embed)
     assert kept == {"small": 8}
     return {o.query for o in rows if o.model == "small"}
 

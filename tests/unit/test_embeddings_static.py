@@ -116,9 +116,9 @@ def test_default_cache_dir_honours_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 
 def test_selectable_by_name() -> None:
-    from scope_shared.cli import _embedder
+    from scope_shared.commands._common import make_embedder
 
-    e = _embedder("minilm-static")
+    e = make_embedder("minilm-static")
     assert isinstance(e, StaticEmbedder)
     assert as_embedder(e) is e
     assert e.name == "all-MiniLM-L6-v2-static/256"
