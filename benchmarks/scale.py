@@ -436,6 +436,7 @@ def run_size(
     decisions = [(q, routed.route(q)) for q in queries[f"record{step}"]]
     record_times = [timed(lambda q=q, d=d: routed.record(data.test[q][d.model], decision=d))[0] for q, d in decisions]
     res["record"] = {**ms_summary(record_times), "embedding": "reused from the route (AnchorStore embed_cache)"}
+    routed.close()  # the records are written behind the calls: flush them before a fresh process opens the store
     _log(f"  record after route {res['record']}")
     return res
 
