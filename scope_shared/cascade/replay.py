@@ -31,7 +31,7 @@ from scope_shared.cascade.calibration import CalibrationRow, CascadeCalibration,
 from scope_shared.cascade.checkers import ModelAnswer
 from scope_shared.cascade.plan import Cascade, final_answer
 from scope_shared.cascade.planner import value_array
-from scope_shared.cascade.state import QueryModel, neighbours_of
+from scope_shared.cascade.state import neighbours_of
 from scope_shared.engine import ScopeEngine
 from scope_shared.errors import ConfigError, DataError
 from scope_shared.estimators.base import Estimator
@@ -314,13 +314,7 @@ def _replay_one(
     cascade: Cascade, item: ReplayItem, values: FloatArray, graders: Mapping[str, Grader] | None
 ) -> tuple[FloatArray, FloatArray, FloatArray, list[dict[str, int]]]:
     grader = cascade.grader if cascade.grader.kind == item.kind else grader_named(item.kind, extra=graders)
-    qm = QueryModel(
-        calibration=cascade.calibration,
-        grader=grader,
-        estimates=item.estimates,
-        max_candidates=cascade.max_candidates,
-        quad=cascade.quad,
-    )
+    qm = cascade.query_model(item.estimates, grader=grader)
     planner = qm.planner(values, depth=cascade.depth, max_calls=cascade.max_calls)
     n = len(values)
     acc, cost, calls = np.zeros(n), np.zeros(n), np.zeros(n)
