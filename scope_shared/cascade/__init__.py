@@ -23,6 +23,7 @@ from scope_shared.cascade.checkers import (
     ParseChecker,
     Signal,
 )
+from scope_shared.cascade.driver import CascadeDriver, Reply
 from scope_shared.cascade.plan import Cascade, CascadePlan, CascadeResult, CascadeStep, StepRecord
 from scope_shared.cascade.planner import Planner
 from scope_shared.cascade.posterior import AnswerPosterior, Quadrature, correct_curves
@@ -32,6 +33,7 @@ __all__ = [
     "CalibrationRow",
     "Cascade",
     "CascadeCalibration",
+    "CascadeDriver",
     "CascadePlan",
     "CascadeResult",
     "CascadeStep",
@@ -43,6 +45,7 @@ __all__ = [
     "ParseChecker",
     "Planner",
     "Quadrature",
+    "Reply",
     "Signal",
     "StepRecord",
     "correct_curves",
