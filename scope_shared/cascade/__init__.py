@@ -23,6 +23,7 @@ from scope_shared.cascade.checkers import (
     ParseChecker,
     Signal,
 )
+from scope_shared.cascade.crossfit import fit_calibration_from_store
 from scope_shared.cascade.driver import CascadeDriver, Reply
 from scope_shared.cascade.plan import Cascade, CascadePlan, CascadeResult, CascadeStep, StepRecord
 from scope_shared.cascade.planner import Planner
@@ -50,4 +51,5 @@ __all__ = [
     "StepRecord",
     "correct_curves",
     "fit_calibration",
+    "fit_calibration_from_store",
 ]

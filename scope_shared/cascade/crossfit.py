@@ -1,5 +1,7 @@
 """Calibrating a cascade on the anchors: out-of-sample estimates of every anchor (cross-fitting), the rows
-:func:`~.calibration.fit_calibration` reads, and the one-call fits from a dataset's recorded responses."""
+:func:`~.calibration.fit_calibration` reads, and the one-call fits: from an anchor store whose outcomes carry
+their answers (:func:`fit_calibration_from_store`), or from a dataset's recorded responses
+(:func:`fit_from_anchors`)."""
 
 from __future__ import annotations
 
@@ -14,14 +16,22 @@ import numpy as np
 from scope_shared.cascade.calibration import CalibrationRow, CascadeCalibration, fit_calibration
 from scope_shared.cascade.recorded import RecordedAnswers, with_answers
 from scope_shared.cascade.state import neighbours_of
+from scope_shared.embeddings import CachedEmbedder
 from scope_shared.engine import ScopeEngine
 from scope_shared.errors import ConfigError, DataError
 from scope_shared.estimators.base import Estimator
 from scope_shared.store import AnchorStore
 from scope_shared.store.records import anchor_id
+from scope_shared.suites.graders import Grader, grader_named
 from scope_shared.types import NO_ANSWER, Estimate, ModelCard, Outcome
 
-__all__ = ["EstimatorFactory", "calibration_rows", "crossfit_estimates", "fit_from_anchors"]
+__all__ = [
+    "EstimatorFactory",
+    "calibration_rows",
+    "crossfit_estimates",
+    "fit_calibration_from_store",
+    "fit_from_anchors",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -155,3 +165,61 @@ def fit_from_anchors(
         rows, cards, embedder=embedder, estimator_factory=estimator_factory, k=k, folds=folds, seed=seed
     )
     return fit_calibration(calibration_rows(rows, oof, recorded.kind_of), graders=recorded.graders, factors=factors)
+
+
+def fit_calibration_from_store(
+    store: AnchorStore,
+    cards: Sequence[ModelCard],
+    *,
+    grader: str | Grader,
+    estimator_factory: EstimatorFactory | None = None,
+    k: int = 10,
+    folds: int = 5,
+    seed: int = 0,
+    factors: int = 1,
+) -> CascadeCalibration:
+    """Calibrate a cascade on your own anchor store: the outcomes recorded with an ``answer``.
+
+    An outcome carries the answer when it was added with ``Outcome(..., answer=...)``: the grader's extracted
+    answer of the model's response (:data:`~scope_shared.types.NO_ANSWER` when none could be read). Every anchor
+    is estimated out of sample (:func:`crossfit_estimates`, the store's embedder behind a cache, so each question
+    is embedded once), and read with ``grader``: the store keeps no task or grader kind per anchor, so the
+    parameters are the kind's (no per-task groups).
+
+    Args:
+        store: the anchor store.
+        cards: the priced models (those of the engine the cascade will run with).
+        grader: the kind of every anchor's question (``choice``, ``number``, ``exact``) or your own
+            :class:`~scope_shared.suites.graders.Grader`.
+        estimator_factory, k, folds, seed: as in :func:`crossfit_estimates` (use the engine's kind of estimator).
+        factors: latent difficulty factors of the posterior (:func:`~.calibration.fit_calibration`).
+
+    Raises:
+        DataError: no outcome in the store carries an answer.
+    """
+    graders = {grader.kind: grader} if isinstance(grader, Grader) else None
+    kind = grader_named(grader, extra=graders).kind if isinstance(grader, str) else grader.kind
+    records, _, in_tokens = store.export()
+    rows = [
+        Outcome(
+            query=r.question,
+            model=m,
+            correct=o.correct,
+            output_tokens=round(o.output_tokens) if o.output_tokens is not None else None,
+            input_tokens=round(tok) if tok is not None else None,
+            answer=o.answer,
+        )
+        for r, tok in zip(records, in_tokens, strict=True)
+        for m, o in r.outcomes.items()
+    ]
+    if not any(o.answer is not None for o in rows):
+        msg = (
+            f"none of the {len(rows)} outcomes in the store carries a recorded answer; add outcomes with "
+            "Outcome(..., answer=<the grader's extracted answer>) to calibrate a cascade on them"
+        )
+        raise DataError(msg)
+    embedder = CachedEmbedder(store.embedder, maxsize=max(4096, len(records)))
+    oof = crossfit_estimates(
+        rows, cards, embedder=embedder, estimator_factory=estimator_factory, k=k, folds=folds, seed=seed
+    )
+    return fit_calibration(calibration_rows(rows, oof, lambda _: kind), graders=graders, factors=factors)
