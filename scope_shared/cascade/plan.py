@@ -10,7 +10,8 @@ The engine cannot call models (the adapters do), so a cascade is a stateful :cla
         step = plan.observe(step.model, reply.text, input_tokens=..., output_tokens=...)
     result = step                                  # a CascadeResult: whose answer to return, and why
 
-The steps, the record of each call and the result are :mod:`.steps` (re-exported here).
+The steps, the record of each call and the result are :mod:`.steps` (re-exported here). This module is one
+job, the plan's state machine with the settings that make it, which is why it runs a little past 400 lines.
 
 Each step is chosen by expected utility (:mod:`.planner`) from the posterior over the answers so far
 (:mod:`.posterior`), within the engine's budget and per-call cap: a step whose expected cost does not fit is not
