@@ -26,10 +26,10 @@ from tenacity import AsyncRetrying, Retrying
 from scope_langchain._dispatch import Dispatcher, Prepared
 from scope_langchain._messages import as_message, message_text, usage_of
 from scope_langchain._metadata import _json_safe, with_scope
-from scope_langchain._retry import Failure
-from scope_shared.cascade import CascadePlan, CascadeResult, CascadeStep
+from scope_shared.cascade import CascadeDriver, CascadePlan, CascadeResult, CascadeStep, Reply
 
-Answers = dict[str, tuple[uuid.UUID, BaseMessage]]
+#: A step's call: the model, its child run's id and config.
+Step = tuple[str, uuid.UUID, RunnableConfig]
 
 
 def logprobs_of(message: BaseMessage) -> list[float] | None:
@@ -43,35 +43,47 @@ def logprobs_of(message: BaseMessage) -> list[float] | None:
     return floats or None
 
 
-def _observe(plan: CascadePlan, step: CascadeStep, run_id: uuid.UUID, message: BaseMessage, answers: Answers) -> Any:
-    answers[step.model] = (run_id, message)
+#: A step's answer: its run id and message.
+Answer = tuple[uuid.UUID, BaseMessage]
+Driver = CascadeDriver[Step, Any, Answer]
+
+
+def _read(answer: Answer) -> Reply:
+    message = answer[1]
     usage = usage_of(message)
-    return plan.observe(
-        step.model,
-        message_text(message),
+    return Reply(
+        text=message_text(message),
         input_tokens=usage["input_tokens"] if usage else None,
         output_tokens=usage["output_tokens"] if usage else None,
         logprobs=logprobs_of(message),
     )
 
 
-def _returned(plan: CascadePlan, result: CascadeResult, answers: Answers, failures: list[Failure]) -> BaseMessage:
+def _driver(d: Dispatcher, p: Prepared, config: RunnableConfig, plan: CascadePlan) -> Driver:
+    """Each step a child run (its own run id and config) of the step's model; its reply read as a message."""
+
+    def start(step: CascadeStep) -> Step:
+        run_id = uuid.uuid4()
+        return step.model, run_id, d.child_config(config, p, step.decision, run_id)
+
+    def finish(call: Step, out: Any) -> Answer:
+        return call[1], as_message(out, call[0])
+
+    return CascadeDriver(plan, start=start, finish=finish, read=_read)
+
+
+def _returned(driver: Driver, result: CascadeResult, answer: Answer) -> BaseMessage:
     """The message of the answer the plan returns, with every step in its scope metadata."""
-    if result.model is None or result.model not in answers:
-        if failures:
-            raise failures[0].error
-        msg = f"the cascade returned no answer ({result.stop_reason})"
-        raise RuntimeError(msg)
-    run_id, message = answers[result.model]
-    meta: dict[str, Any] = _json_safe(plan.decision.summary())
+    run_id, message = answer
+    meta: dict[str, Any] = _json_safe(driver.plan.decision.summary())
     summary = result.summary()
     for s in summary["steps"]:
-        done = answers.get(s["model"])
+        done = driver.replies.get(s["model"])
         s["run_id"] = str(done[0]) if done is not None and not s["error"] else None
     meta.update(
         model=result.model,
         run_id=str(run_id),
-        failed=[{"model": f.model, "error": f"{type(f.error).__name__}: {f.error}"} for f in failures],
+        failed=[{"model": m, "error": f"{type(e).__name__}: {e}"} for m, e in driver.errors],
         actual_cost=result.cost,
         cascade=_json_safe(summary),
     )
@@ -79,52 +91,27 @@ def _returned(plan: CascadePlan, result: CascadeResult, answers: Answers, failur
 
 
 def run(d: Dispatcher, p: Prepared, config: RunnableConfig, kwargs: Mapping[str, Any]) -> BaseMessage:
-    """Drive one call's cascade to its end; the returned answer's message."""
+    """Drive one call's cascade to its end (transient errors retried per step); the returned answer's message."""
     plan = d.cascade_of(p).start(d.engine, p.question, input_tokens=p.input_tokens, options=p.settings)
-    answers: Answers = {}
-    failures: list[Failure] = []
-    step: CascadeStep | CascadeResult = plan.first
-    try:
-        while isinstance(step, CascadeStep):
-            run_id = uuid.uuid4()
-            child = d.child_config(config, p, step.decision, run_id)
-            model = d.models[step.model]
-            try:
-                out = Retrying(**d.recovery.retry_options())(model.invoke, p.messages, child, **kwargs)
-            except Exception as exc:
-                failures.append(Failure(step.model, exc))
-                step = plan.fail(step.model, exc)
-                continue
-            step = _observe(plan, step, run_id, as_message(out, step.model), answers)
-    except BaseException:
-        plan.cancel()
-        raise
-    return _returned(plan, step, answers, failures)
+    driver = _driver(d, p, config, plan)
+
+    def ask(call: Step) -> Any:
+        return Retrying(**d.recovery.retry_options())(d.models[call[0]].invoke, p.messages, call[2], **kwargs)
+
+    return _returned(driver, *driver.run(ask))
 
 
 async def arun(d: Dispatcher, p: Prepared, config: RunnableConfig, kwargs: Mapping[str, Any]) -> BaseMessage:
     """Async form of :func:`run`."""
     plan = await d.cascade_of(p).astart(d.engine, p.question, input_tokens=p.input_tokens, options=p.settings)
-    answers: Answers = {}
-    failures: list[Failure] = []
-    step: CascadeStep | CascadeResult = plan.first
-    try:
-        while isinstance(step, CascadeStep):
-            run_id = uuid.uuid4()
-            child = d.child_config(config, p, step.decision, run_id)
-            model = d.models[step.model]
-            try:
-                retrying = AsyncRetrying(**d.recovery.retry_options())
-                out: Any = await retrying(model.ainvoke, p.messages, child, **kwargs)
-            except Exception as exc:
-                failures.append(Failure(step.model, exc))
-                step = plan.fail(step.model, exc)
-                continue
-            step = _observe(plan, step, run_id, as_message(out, step.model), answers)
-    except BaseException:
-        plan.cancel()
-        raise
-    return _returned(plan, step, answers, failures)
+    driver = _driver(d, p, config, plan)
+
+    async def ask(call: Step) -> Any:
+        return await AsyncRetrying(**d.recovery.retry_options())(
+            d.models[call[0]].ainvoke, p.messages, call[2], **kwargs
+        )
+
+    return _returned(driver, *await driver.arun(ask))
 
 
 def as_one_chunk(message: BaseMessage) -> BaseMessageChunk:

@@ -13,16 +13,13 @@ yield the returned answer as one chunk (no token-by-token streaming while cascad
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from llama_index.core.base.llms.types import ChatResponse, CompletionResponse
 
 from scope_llamaindex._responses import text_of
-from scope_shared.cascade import CascadePlan, CascadeResult, CascadeStep
-
-logger = logging.getLogger(__name__)
+from scope_shared.cascade import CascadeDriver, CascadePlan, CascadeResult, CascadeStep, Reply
 
 R = TypeVar("R", ChatResponse, CompletionResponse)
 C = TypeVar("C")
@@ -44,29 +41,31 @@ def _logprobs(response: Any) -> list[float] | None:
     return values or None
 
 
-def _observe(plan: CascadePlan, step: CascadeStep, response: Any) -> CascadeStep | CascadeResult:
+def _read(kept: tuple[str, Any]) -> Reply:
+    response = kept[1]
     info = response.additional_kwargs.get("scope", {})
-    return plan.observe(
-        step.model,
-        text_of(response),
+    return Reply(
+        text=text_of(response),
         input_tokens=info.get("input_tokens"),
         output_tokens=info.get("output_tokens"),
         logprobs=_logprobs(response),
     )
 
 
-def _returned(
-    result: CascadeResult, responses: dict[str, Any], calls: dict[str, str], first_error: Exception | None
-) -> Any:
-    if result.model is None or result.model not in responses:
-        if first_error is not None:
-            raise first_error
-        msg = f"the cascade returned no answer ({result.stop_reason})"
-        raise RuntimeError(msg)
-    response = responses[result.model]
+def _driver(
+    plan: CascadePlan, start: Start[C], finish: Callable[[C, R], R], call_id: Callable[[C], str]
+) -> CascadeDriver[C, R, tuple[str, R]]:
+    """Each step's response kept with its call id."""
+    return CascadeDriver(plan, start=start, finish=lambda c, raw: (call_id(c), finish(c, raw)), read=_read)
+
+
+def _returned(driver: CascadeDriver[C, R, tuple[str, R]], result: CascadeResult, kept: tuple[str, R]) -> R:
+    """The chosen response, its ``additional_kwargs["scope"]`` extended with every step."""
+    response = kept[1]
     summary = result.summary()
     for s in summary["steps"]:
-        s["call_id"] = calls.get(s["model"]) if not s["error"] else None
+        done = driver.replies.get(s["model"])
+        s["call_id"] = done[0] if done is not None and not s["error"] else None
     response.additional_kwargs["scope"] = {**response.additional_kwargs.get("scope", {}), "cascade": summary}
     return response
 
@@ -79,28 +78,8 @@ def drive(
     call_id: Callable[[C], str],
 ) -> R:
     """Run ``plan`` to its end: ``start`` a step's call, ``ask`` its LLM, ``finish`` (settle, stamp, announce)."""
-    responses: dict[str, R] = {}
-    calls: dict[str, str] = {}
-    first_error: Exception | None = None
-    step: CascadeStep | CascadeResult = plan.first
-    try:
-        while isinstance(step, CascadeStep):
-            call = start(step)
-            try:
-                raw = ask(call)
-            except Exception as exc:
-                first_error = first_error or exc
-                logger.warning("cascade step %s failed: %s: %s", step.model, type(exc).__name__, exc)
-                step = plan.fail(step.model, exc)
-                continue
-            response = finish(call, raw)
-            responses[step.model], calls[step.model] = response, call_id(call)
-            step = _observe(plan, step, response)
-    except BaseException:
-        plan.cancel()
-        raise
-    out: R = _returned(step, responses, calls, first_error)
-    return out
+    driver = _driver(plan, start, finish, call_id)
+    return _returned(driver, *driver.run(ask))
 
 
 async def adrive(
@@ -111,28 +90,8 @@ async def adrive(
     call_id: Callable[[C], str],
 ) -> R:
     """Async form of :func:`drive`."""
-    responses: dict[str, R] = {}
-    calls: dict[str, str] = {}
-    first_error: Exception | None = None
-    step: CascadeStep | CascadeResult = plan.first
-    try:
-        while isinstance(step, CascadeStep):
-            call = start(step)
-            try:
-                raw = await ask(call)
-            except Exception as exc:
-                first_error = first_error or exc
-                logger.warning("cascade step %s failed: %s: %s", step.model, type(exc).__name__, exc)
-                step = plan.fail(step.model, exc)
-                continue
-            response = finish(call, raw)
-            responses[step.model], calls[step.model] = response, call_id(call)
-            step = _observe(plan, step, response)
-    except BaseException:
-        plan.cancel()
-        raise
-    out: R = _returned(step, responses, calls, first_error)
-    return out
+    driver = _driver(plan, start, finish, call_id)
+    return _returned(driver, *await driver.arun(ask))
 
 
 def one_chunk(response: R) -> R:

@@ -8,10 +8,14 @@ Unified Approach to Routing and Cascading for LLMs"; FrugalGPT, Chen et al. 2023
 - :mod:`.posterior`: which answer is correct, given the pre-hoc estimates and the answers so far (a
   Dawid-Skene posterior with a latent difficulty per query);
 - :mod:`.checkers`: post-hoc evidence about one answer (unreadable answers, token log-probabilities);
-- :mod:`.calibration`: every parameter of the posterior fitted on the anchors' recorded answers;
-- :mod:`.planner`: the next step by expected utility, looking a few calls ahead;
-- :mod:`.plan`: :class:`Cascade` and the :class:`CascadePlan` a caller drives, within the engine's budget;
-- :mod:`.replay`: exact replay from recorded responses, and the side-by-side report.
+- :mod:`.parameters`: the posterior's fitted parameters and their JSON; :mod:`.calibration`: fitting them on the
+  anchors' recorded answers; :mod:`.crossfit`: the anchors' out-of-sample estimates and the one-call fits
+  (:func:`fit_calibration_from_store`);
+- :mod:`.state`: one query's pure state; :mod:`.planner`: the next step by expected utility, a few calls ahead;
+- :mod:`.steps`: what a plan asks for and what it did; :mod:`.plan`: :class:`Cascade` and the
+  :class:`CascadePlan` a caller drives, within the engine's budget; :mod:`.driver`: the loop that drives it;
+- :mod:`.replay`: exact replay from recorded responses (:mod:`.recorded`, :mod:`.exact`) and the side-by-side
+  report (:mod:`.report`).
 """
 
 from scope_shared.cascade.calibration import CalibrationRow, CascadeCalibration, GroupCalibration, fit_calibration
@@ -23,6 +27,8 @@ from scope_shared.cascade.checkers import (
     ParseChecker,
     Signal,
 )
+from scope_shared.cascade.crossfit import fit_calibration_from_store
+from scope_shared.cascade.driver import CascadeDriver, Reply
 from scope_shared.cascade.plan import Cascade, CascadePlan, CascadeResult, CascadeStep, StepRecord
 from scope_shared.cascade.planner import Planner
 from scope_shared.cascade.posterior import AnswerPosterior, Quadrature, correct_curves
@@ -32,6 +38,7 @@ __all__ = [
     "CalibrationRow",
     "Cascade",
     "CascadeCalibration",
+    "CascadeDriver",
     "CascadePlan",
     "CascadeResult",
     "CascadeStep",
@@ -43,8 +50,10 @@ __all__ = [
     "ParseChecker",
     "Planner",
     "Quadrature",
+    "Reply",
     "Signal",
     "StepRecord",
     "correct_curves",
     "fit_calibration",
+    "fit_calibration_from_store",
 ]

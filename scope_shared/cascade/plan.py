@@ -10,6 +10,9 @@ The engine cannot call models (the adapters do), so a cascade is a stateful :cla
         step = plan.observe(step.model, reply.text, input_tokens=..., output_tokens=...)
     result = step                                  # a CascadeResult: whose answer to return, and why
 
+The steps, the record of each call and the result are :mod:`.steps` (re-exported here). This module is one
+job, the plan's state machine with the settings that make it, which is why it runs a little past 400 lines.
+
 Each step is chosen by expected utility (:mod:`.planner`) from the posterior over the answers so far
 (:mod:`.posterior`), within the engine's budget and per-call cap: a step whose expected cost does not fit is not
 taken, and the step or result says so. :meth:`CascadePlan.observe` settles the step's reservation with the real
@@ -25,17 +28,17 @@ import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from scope_shared.cascade.calibration import CascadeCalibration
-from scope_shared.cascade.checkers import Checker, ModelAnswer, Signal, default_checkers
-from scope_shared.cascade.planner import Node, value_array
+from scope_shared.cascade.checkers import Checker, ModelAnswer, default_checkers
+from scope_shared.cascade.parameters import CascadeCalibration
+from scope_shared.cascade.planner import value_array
 from scope_shared.cascade.posterior import Quadrature
 from scope_shared.cascade.state import QueryModel
+from scope_shared.cascade.steps import CascadeResult, CascadeStep, StepRecord, final_answer, summary_of
 from scope_shared.errors import BudgetExceededError, ConfigError
 from scope_shared.suites.graders import Grader, grader_named
-from scope_shared.types import Decision, RouteOptions
+from scope_shared.types import Decision, Estimate, RouteOptions
 
 if TYPE_CHECKING:
     from scope_shared.engine import ScopeEngine
@@ -44,122 +47,8 @@ __all__ = ["Cascade", "CascadePlan", "CascadeResult", "CascadeStep", "StepRecord
 
 logger = logging.getLogger(__name__)
 
-#: Characters of a response kept in a step's summary.
-SUMMARY_CHARS = 200
-
-
-@dataclass(frozen=True)
-class CascadeStep:
-    """A call the plan asks for: ``model``, with its expected cost reserved in ``decision``.
-
-    Attributes:
-        index: 0 for the first call.
-        model: the model to call.
-        decision: the engine's decision for it (its reservation is settled by :meth:`CascadePlan.observe`).
-        reason: why this call, in expected-utility terms.
-        p_best: P(the best answer so far is correct) before the call (0 before any answer).
-        expected_cost: the call's expected USD cost.
-        excluded: models left out of this choice, and why (the budget, the per-call cap, a failed call).
-        decide_s: seconds the plan took to choose this step.
-    """
-
-    index: int
-    model: str
-    decision: Decision
-    reason: str
-    p_best: float
-    expected_cost: float
-    excluded: Mapping[str, str] = field(default_factory=dict)
-    decide_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    """A call that was made, and what its answer did."""
-
-    index: int
-    model: str
-    reason: str
-    answer: str | None
-    summary: str
-    usable: bool
-    signals: tuple[Signal, ...]
-    p_prehoc: float
-    p_answer: float  # P(this model's answer is correct) right after it answered (0 when it is not usable)
-    p_best: float  # P(the best answer so far is correct) right after it answered
-    cost: float
-    cost_estimated: bool
-    input_tokens: float | None = None
-    output_tokens: float | None = None
-    error: str = ""
-
-    def summary_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "model": self.model,
-            "reason": self.reason,
-            "answer": self.answer,
-            "summary": self.summary,
-            "usable": self.usable,
-            "evidence": [s.summary() for s in self.signals],
-            "p_prehoc": self.p_prehoc,
-            "p_answer": self.p_answer,
-            "p_best": self.p_best,
-            "cost": self.cost,
-            "cost_estimated": self.cost_estimated,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "error": self.error or None,
-        }
-
-
-@dataclass(frozen=True)
-class CascadeResult:
-    """How a cascade ended: whose answer to return, how sure it is, why it stopped, and every step.
-
-    Attributes:
-        model: the model whose response to return (None when no call succeeded).
-        text: that response (empty when none).
-        answer: its extracted answer (None when no answer could be read).
-        p_correct: the posterior P(that answer is correct).
-        stop_reason: why the cascade stopped.
-        steps: every call made, in order.
-        cost: USD spent on them (real where token counts were given, expected otherwise).
-    """
-
-    model: str | None
-    text: str
-    answer: str | None
-    p_correct: float
-    stop_reason: str
-    steps: tuple[StepRecord, ...]
-    cost: float
-
-    def summary(self) -> dict[str, Any]:
-        """A JSON-ready summary, as attached to adapter responses."""
-        return {
-            "cascade": True,
-            "model": self.model,
-            "answer": self.answer,
-            "p_correct": self.p_correct,
-            "stop_reason": self.stop_reason,
-            "cost": self.cost,
-            "calls": len(self.steps),
-            "steps": [s.summary_dict() for s in self.steps],
-        }
-
-
-def final_answer(qm: QueryModel, node: Node) -> tuple[str | None, int | None, float]:
-    """The answer to return at ``node``: (model whose response it is, its distinct answer, P(correct)).
-
-    The most probable distinct answer, given by the member with the highest P(correct | parsed); with no
-    usable answer, the last model called (P 0); before any call, None.
-    """
-    cluster, p = node.posterior.best()
-    if cluster is None:
-        return (node.called[-1] if node.called else None), None, 0.0
-    members = [m for m, code, _ in node.key if code == cluster]
-    return max(members, key=lambda m: (qm.p_parsed.get(m, 0.0), m)), cluster, qm.confidence(p)
+#: What :meth:`Cascade.start` and :meth:`Cascade.plan` take as ``options``.
+Options = RouteOptions | Mapping[str, Any] | None
 
 
 class Cascade:
@@ -221,44 +110,39 @@ class Cascade:
             f"max_candidates={self.max_candidates})"
         )
 
-    def query_model(self, decision: Decision, *, candidates: Sequence[str] | None = None) -> QueryModel:
-        """The pure view of one query (shared with the replay evaluation)."""
+    def query_model(
+        self,
+        estimates: Mapping[str, Estimate],
+        *,
+        grader: Grader | None = None,
+        candidates: Sequence[str] | None = None,
+    ) -> QueryModel:
+        """The pure view of one query from its pre-hoc estimates (shared with the replay evaluation, which reads
+        each query with the ``grader`` of its kind)."""
         return QueryModel(
             calibration=self.calibration,
-            grader=self.grader,
-            estimates=decision.estimates,
+            grader=grader or self.grader,
+            estimates=estimates,
             candidates=candidates,
             max_candidates=self.max_candidates,
             quad=self.quad,
         )
 
     def start(
-        self,
-        engine: ScopeEngine,
-        query: str,
-        *,
-        input_tokens: float | None = None,
-        options: RouteOptions | Mapping[str, Any] | None = None,
+        self, engine: ScopeEngine, query: str, *, input_tokens: float | None = None, options: Options = None
     ) -> CascadePlan:
         """Estimate ``query`` with the engine and plan its first call (reserved)."""
         decision = engine.route(query, input_tokens=input_tokens, options=_unreserved(options))
         return self.plan(engine, decision, options=options)
 
     async def astart(
-        self,
-        engine: ScopeEngine,
-        query: str,
-        *,
-        input_tokens: float | None = None,
-        options: RouteOptions | Mapping[str, Any] | None = None,
+        self, engine: ScopeEngine, query: str, *, input_tokens: float | None = None, options: Options = None
     ) -> CascadePlan:
         """Async form of :meth:`start`."""
         decision = await engine.aroute(query, input_tokens=input_tokens, options=_unreserved(options))
         return self.plan(engine, decision, options=options)
 
-    def plan(
-        self, engine: ScopeEngine, decision: Decision, *, options: RouteOptions | Mapping[str, Any] | None = None
-    ) -> CascadePlan:
+    def plan(self, engine: ScopeEngine, decision: Decision, *, options: Options = None) -> CascadePlan:
         """A plan from a decision routed without a reservation (its estimates are the cascade's pre-hoc view)."""
         if decision.reservation_id is not None:
             msg = "the decision holds a reservation; route with options reserve=False (or use start/astart)"
@@ -269,7 +153,7 @@ class Cascade:
         return CascadePlan(cascade=self, engine=engine, decision=decision, max_cost_per_call=max_cost)
 
 
-def _unreserved(options: RouteOptions | Mapping[str, Any] | None) -> RouteOptions:
+def _unreserved(options: Options) -> RouteOptions:
     return RouteOptions.of(options).merged(RouteOptions(reserve=False))
 
 
@@ -288,13 +172,7 @@ class CascadePlan:
         self.engine = engine
         self.decision = decision
         self.max_cost_per_call = max_cost_per_call
-        self.query = QueryModel(
-            calibration=cascade.calibration,
-            grader=cascade.grader,
-            estimates=decision.estimates,
-            max_candidates=cascade.max_candidates,
-            quad=cascade.quad,
-        )
+        self.query = cascade.query_model(decision.estimates)
         self._planner = self.query.planner(
             value_array([decision.value_per_correct]), depth=cascade.depth, max_calls=cascade.max_calls
         )
@@ -362,25 +240,19 @@ class CascadePlan:
             probs = obs.node.posterior.probabilities()
             p_answer = self.query.confidence(float(probs[obs.node.key[-1][1]])) if obs.usable else 0.0
             p_best = self.query.confidence(obs.node.posterior.best()[1])
-            self._records.append(
-                StepRecord(
-                    index=step.index,
-                    model=model,
-                    reason=step.reason,
-                    answer=extracted,
-                    summary=_summary(text),
-                    usable=obs.usable,
-                    signals=obs.signals,
-                    p_prehoc=self.query.p[model],
-                    p_answer=p_answer,
-                    p_best=p_best,
-                    cost=cost,
-                    cost_estimated=estimated,
-                    input_tokens=input_tokens,
-                    output_tokens=output_tokens,
-                )
+            return self._advance(
+                step,
+                answer=extracted,
+                summary=summary_of(text),
+                usable=obs.usable,
+                signals=obs.signals,
+                p_answer=p_answer,
+                p_best=p_best,
+                cost=cost,
+                cost_estimated=estimated,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
             )
-            return self._advance()
 
     def fail(self, model: str, error: BaseException | str) -> CascadeStep | CascadeResult:
         """The pending call failed: release its reservation and decide again without ``model``."""
@@ -390,24 +262,18 @@ class CascadePlan:
             why = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
             self._failed[model] = f"its call failed ({why})"
             logger.warning("cascade call to %s failed (%s); deciding again without it", model, why)
-            self._records.append(
-                StepRecord(
-                    index=step.index,
-                    model=model,
-                    reason=step.reason,
-                    answer=None,
-                    summary="",
-                    usable=False,
-                    signals=(),
-                    p_prehoc=self.query.p[model],
-                    p_answer=0.0,
-                    p_best=self.query.confidence(self._node.posterior.best()[1]),
-                    cost=0.0,
-                    cost_estimated=True,
-                    error=why,
-                )
+            return self._advance(
+                step,
+                answer=None,
+                summary="",
+                usable=False,
+                signals=(),
+                p_answer=0.0,
+                p_best=self.query.confidence(self._node.posterior.best()[1]),
+                cost=0.0,
+                cost_estimated=True,
+                error=why,
             )
-            return self._advance()
 
     def cancel(self) -> None:
         """Release the pending call's reservation (the caller gives up on the cascade)."""
@@ -439,7 +305,13 @@ class CascadePlan:
         self.engine.settle(step.decision, cost=step.expected_cost)
         return step.expected_cost, True
 
-    def _advance(self) -> CascadeStep | CascadeResult:
+    def _advance(self, step: CascadeStep, **outcome: Any) -> CascadeStep | CascadeResult:
+        """Record what ``step``'s call did (the :class:`StepRecord` fields beyond the step's own), decide what next."""
+        self._records.append(
+            StepRecord(
+                index=step.index, model=step.model, reason=step.reason, p_prehoc=self.query.p[step.model], **outcome
+            )
+        )
         nxt = self._next()
         if isinstance(nxt, CascadeResult):
             self._result = nxt
@@ -545,8 +417,3 @@ class CascadePlan:
             steps=tuple(self._records),
             cost=sum(r.cost for r in self._records),
         )
-
-
-def _summary(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= SUMMARY_CHARS else flat[: SUMMARY_CHARS - 3] + "..."

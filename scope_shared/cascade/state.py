@@ -14,15 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from scope_shared.cascade.calibration import CascadeCalibration, answer_cluster
 from scope_shared.cascade.checkers import Checker, ModelAnswer, Signal, signals_of
+from scope_shared.cascade.parameters import CascadeCalibration
 from scope_shared.cascade.planner import Node, Planner
 from scope_shared.cascade.posterior import AnswerPosterior, Quadrature, correct_curves
 from scope_shared.errors import ConfigError
 from scope_shared.suites.graders import Grader
 from scope_shared.types import Estimate
 
-__all__ = ["Observation", "QueryModel", "neighbours_of", "shortlist"]
+__all__ = ["Observation", "QueryModel", "answer_cluster", "neighbours_of", "shortlist"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -34,6 +34,14 @@ def neighbours_of(estimates: Mapping[str, Estimate]) -> list[tuple[str, float]]:
         for ev in est.evidence:
             seen[ev.anchor_id] = max(seen.get(ev.anchor_id, -1.0), ev.similarity)
     return sorted(seen.items(), key=lambda kv: -kv[1])
+
+
+def answer_cluster(grader: Grader, answer: str, answers: Sequence[str | None]) -> int | None:
+    """The index of the first of ``answers`` that ``answer`` agrees with (None: a new answer)."""
+    for k, other in enumerate(answers):
+        if other is not None and grader.agree(answer, other):
+            return k
+    return None
 
 
 def shortlist(p: Mapping[str, float], cost: Mapping[str, float], size: int) -> list[str]:

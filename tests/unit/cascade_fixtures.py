@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from scope_shared import AnchorStore, Budget, HashingEmbedder, ModelCard, Outcome, ScopeEngine
 from scope_shared.cascade import CascadeCalibration, GroupCalibration
@@ -19,9 +19,11 @@ COST = {c.name: c.cost(*TOKENS) for c in CARDS}
 QUERY = "Which planet is closest to the sun? (A) Venus (B) Mercury (C) Mars (D) Earth"
 
 
-def calibration(*, collision: float = 0.3, loading: float = 0.0, unparsed: float = 0.01) -> CascadeCalibration:
-    """A calibration with chosen parameters (tests of behaviour, not of fitting)."""
-    names = [c.name for c in CARDS]
+def calibration(
+    *, collision: float = 0.3, loading: float = 0.0, unparsed: float = 0.01, models: Sequence[str] | None = None
+) -> CascadeCalibration:
+    """A calibration with chosen parameters (tests of behaviour, not of fitting), for ``models`` (default: CARDS)."""
+    names = list(models) if models is not None else [c.name for c in CARDS]
     kind = GroupCalibration(
         collision=collision,
         collision_pairs=100,

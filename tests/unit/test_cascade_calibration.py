@@ -5,9 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scope_shared.cascade import CalibrationRow, CascadeCalibration, fit_calibration
+from scope_shared import AnchorStore, HashingEmbedder, Outcome
+from scope_shared.cascade import CalibrationRow, CascadeCalibration, fit_calibration, fit_calibration_from_store
 from scope_shared.cascade.posterior import Quadrature, correct_curves
 from scope_shared.errors import ConfigError, DataError
+from scope_shared.estimators import AnchorStatsEstimator
+from scope_shared.types import NO_ANSWER
+from tests.unit.cascade_fixtures import CARDS
 
 MODELS = ("m0", "m1", "m2", "m3")
 QUAD = Quadrature.of(10)
@@ -94,3 +98,52 @@ def test_json_round_trip_and_errors() -> None:
         cal.group("choice")
     with pytest.raises(ConfigError, match="calibrated"):
         cal.group_for("choice", [("a1", 1.0)])
+
+
+def answers_store(n: int, *, with_answers: bool = True) -> AnchorStore:
+    """A store of ``n`` choice anchors: tiny's answer is unreadable on every other one, strong's always right."""
+    rng = np.random.default_rng(7)
+    store = AnchorStore(embedder=HashingEmbedder())
+    rows = []
+    for i in range(n):
+        query = f"question {i} about {('planets', 'rivers', 'metals')[i % 3]}: (A) one (B) two (C) three"
+        gold = "ABC"[i % 3]
+        for model in ("tiny", "mid", "strong"):
+            right = model == "strong" or rng.random() < 0.6
+            answer = gold if right else "ABC"[("ABC".index(gold) + 1) % 3]
+            if model == "tiny" and i % 2:
+                answer, right = NO_ANSWER, False
+            rows.append(
+                Outcome(
+                    query=query,
+                    model=model,
+                    correct=float(right),
+                    output_tokens=20,
+                    input_tokens=30,
+                    answer=answer if with_answers else None,
+                )
+            )
+    store.add(rows, progress=False)
+    return store
+
+
+def test_fit_calibration_from_store_reads_the_recorded_answers() -> None:
+    store = answers_store(60)
+    cal = fit_calibration_from_store(
+        store, CARDS, grader="choice", estimator_factory=lambda: AnchorStatsEstimator(k=5), k=5, folds=3
+    )
+    assert cal.kinds == ["choice"] and cal.report["anchors"] == 60
+    assert cal.unparsed("choice", "tiny") == pytest.approx((30 + 0.5) / (60 + 1))  # every other answer unreadable
+    assert cal.unparsed("choice", "strong") == pytest.approx(0.5 / 61)
+    # wrong readable answers are always the letter after the gold: every pair of wrong answers coincides
+    group = cal.group("choice")
+    assert group.collision_pairs > 0 and group.collision == pytest.approx(
+        (group.collision_pairs + 1) / (group.collision_pairs + 2)
+    )
+
+
+def test_fit_calibration_from_store_needs_recorded_answers() -> None:
+    with pytest.raises(DataError, match="carries a recorded answer"):
+        fit_calibration_from_store(answers_store(10, with_answers=False), CARDS, grader="choice")
+    with pytest.raises(ConfigError, match="unknown grader kind"):
+        fit_calibration_from_store(answers_store(10), CARDS, grader="letters")

@@ -61,29 +61,23 @@ def write_dataset(folder: Path, *, n: int = 120, seed: int = 0) -> None:
     )
 
 
+def evaluate(folder: Path, *extra: str) -> int:
+    """``scope-router evaluate --cascade`` on the dataset in ``folder`` (hashing embedder, anchor statistics)."""
+    files = [
+        "--anchors",
+        folder / "anchors.csv.gz",
+        "--test",
+        folder / "test.csv.gz",
+        "--prices",
+        folder / "prices.csv",
+    ]
+    return main(["evaluate", *map(str, files), "--embedder", "hashing", "--estimator", "anchors", "--cascade", *extra])
+
+
 def test_evaluate_cascade_reports_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_dataset(tmp_path)
     out_json = tmp_path / "report.json"
-    code = main(
-        [
-            "evaluate",
-            "--anchors",
-            str(tmp_path / "anchors.csv.gz"),
-            "--test",
-            str(tmp_path / "test.csv.gz"),
-            "--prices",
-            str(tmp_path / "prices.csv"),
-            "--embedder",
-            "hashing",
-            "--estimator",
-            "anchors",
-            "--cascade",
-            "--cascade-max-calls",
-            "3",
-            "--json",
-            str(out_json),
-        ]
-    )
+    code = evaluate(tmp_path, "--cascade-max-calls", "3", "--json", str(out_json))
     out = capsys.readouterr().out
     assert code == 0, out
     assert "side by side on 24 test queries" in out
@@ -103,21 +97,6 @@ def test_evaluate_cascade_reports_side_by_side(tmp_path: Path, capsys: pytest.Ca
 def test_evaluate_cascade_needs_the_recorded_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_dataset(tmp_path, n=20)
     (tmp_path / "responses.csv.gz").unlink()
-    code = main(
-        [
-            "evaluate",
-            "--anchors",
-            str(tmp_path / "anchors.csv.gz"),
-            "--test",
-            str(tmp_path / "test.csv.gz"),
-            "--prices",
-            str(tmp_path / "prices.csv"),
-            "--embedder",
-            "hashing",
-            "--estimator",
-            "anchors",
-            "--cascade",
-        ]
-    )
+    code = evaluate(tmp_path)
     assert code == 2
     assert "responses.csv.gz: no such file" in capsys.readouterr().err

@@ -10,24 +10,12 @@ from langchain_core.messages import AIMessage
 
 from scope_langchain import ScopeChatModel, ScopeOutcomeHandler, ScopeRouter
 from scope_shared import Budget, ConfigError
-from scope_shared.cascade import Cascade, CascadeCalibration, GroupCalibration
+from scope_shared.cascade import Cascade
 from scope_shared.store import anchor_id
+from tests.unit.cascade_fixtures import calibration
 from tests.unit.langchain_fakes import CARDS, TRIVIA_Q, calls, fake, make_engine
 
 NAMES = [c.name for c in CARDS]
-
-
-def calibration() -> CascadeCalibration:
-    group = GroupCalibration(
-        collision=0.3,
-        collision_pairs=100,
-        unparsed={m: 0.01 for m in NAMES},
-        default_unparsed=0.01,
-        loading={m: (0.5,) for m in NAMES},
-        default_loading=(0.5,),
-        anchors=100,
-    )
-    return CascadeCalibration(groups={"choice": group})
 
 
 def answer(letter: str, tokens: int = 30) -> AIMessage:
@@ -47,7 +35,7 @@ def models(**letters: str | BaseException) -> dict[str, Any]:
 
 
 def cascade(**kwargs: Any) -> Cascade:
-    return Cascade(calibration=calibration(), grader="choice", **kwargs)
+    return Cascade(calibration=calibration(loading=0.5, models=NAMES), grader="choice", **kwargs)
 
 
 def test_every_step_is_listed_and_paid_for() -> None:
@@ -96,6 +84,32 @@ def test_a_failing_model_is_released_and_reported() -> None:
     assert [f["model"] for f in scope["failed"]] == ["cheap"] and failed[0]["model"] == "cheap"
     assert "cheap is down" in failed[0]["error"] and scope["model"] != "cheap"
     assert engine.ledger is not None and engine.ledger.held == pytest.approx(0.0)
+
+
+async def test_a_failing_model_is_released_and_reported_async() -> None:
+    engine = make_engine(budget=Budget(limit=1.0))
+    fakes = models(cheap=ValueError("cheap is down"))
+    router = ScopeRouter(engine=engine, models=fakes, value_per_correct=None, cascade=cascade(max_calls=3), retries=0)
+    scope = (await router.ainvoke(TRIVIA_Q)).response_metadata["scope"]
+    failed = [s for s in scope["cascade"]["steps"] if s["error"]]
+    assert calls(fakes["cheap"]) == 1 and [f["model"] for f in scope["failed"]] == ["cheap"]
+    assert [s["model"] for s in failed] == ["cheap"] and failed[0]["run_id"] is None and scope["model"] != "cheap"
+    assert engine.ledger is not None and engine.ledger.held == pytest.approx(0.0)
+
+
+class Abort(BaseException):
+    """Not an Exception (like KeyboardInterrupt): no failed call, the caller stops. (Async: LangChain's own
+    ``agenerate`` turns such an error into a result; the core driver's async path is tested in test_cascade_driver.)"""
+
+
+def test_an_interrupt_cancels_the_cascade_and_releases_its_reservation() -> None:
+    engine = make_engine(budget=Budget(limit=1.0))
+    fakes = models(cheap=Abort())
+    router = ScopeRouter(engine=engine, models=fakes, value_per_correct=None, cascade=cascade(max_calls=3), retries=0)
+    with pytest.raises(Abort):
+        router.invoke(TRIVIA_Q)
+    assert calls(fakes["cheap"]) == 1 and sum(calls(m) for m in fakes.values()) == 1  # not reported as a failed call
+    assert engine.ledger is not None and engine.ledger.held == pytest.approx(0.0) and engine.ledger.spent == 0.0
 
 
 def test_stream_yields_the_returned_answer_once_the_cascade_ends() -> None:

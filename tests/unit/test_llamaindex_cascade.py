@@ -18,8 +18,9 @@ from llama_index.core.llms import CustomLLM
 
 from scope_llamaindex import ScopeEventHandler, ScopeLLM
 from scope_shared import ConfigError
-from scope_shared.cascade import Cascade, CascadeCalibration, GroupCalibration
+from scope_shared.cascade import Cascade
 from scope_shared.store import anchor_id
+from tests.unit.cascade_fixtures import calibration
 from tests.unit.llamaindex_fixtures import (
     CARDS,
     Q_CAPITAL,
@@ -52,25 +53,12 @@ class Fixed(CustomLLM):
         yield self.complete(prompt, formatted=formatted, **kwargs)
 
 
-def calibration() -> CascadeCalibration:
-    group = GroupCalibration(
-        collision=0.3,
-        collision_pairs=100,
-        unparsed={m: 0.01 for m in NAMES},
-        default_unparsed=0.01,
-        loading={m: (0.5,) for m in NAMES},
-        default_loading=(0.5,),
-        anchors=100,
-    )
-    return CascadeCalibration(groups={"choice": group})
-
-
 def llms(**texts: str) -> dict[str, Fixed]:
     return {m: Fixed(text=texts.get(m, "The answer is (B).")) for m in NAMES}
 
 
 def scope_llm(engine: Any, models: dict[str, Fixed], **kwargs: Any) -> ScopeLLM:
-    cascade = Cascade(calibration=calibration(), grader="choice", **kwargs)
+    cascade = Cascade(calibration=calibration(loading=0.5, models=NAMES), grader="choice", **kwargs)
     return ScopeLLM(engine=engine, llms=models, value_per_correct=None, cascade=cascade)
 
 
@@ -92,11 +80,16 @@ def test_every_step_is_settled_stamped_and_recorded() -> None:
     stored = engine.store.get([anchor_id(Q_CAPITAL)])[anchor_id(Q_CAPITAL)].outcomes
     assert {s["model"] for s in steps} <= set(stored)
     for s in steps:
-        assert s["call_id"] and s["answer"] in ("A", "B")
+        assert s["call_id"] and s["answer"] in ("A", "B") and s["summary"].startswith("The answer is")
+        assert [e["checker"] for e in s["evidence"]] == ["parse", "logprob"] and s["reason"]
         assert stored[s["model"]].correct == (1.0 if s["answer"] == "B" else 0.0)
         assert s["cost"] == pytest.approx(engine.cost_of(s["model"], input_tokens=12, output_tokens=30))
     scope = response.additional_kwargs["scope"]
-    assert scope["model"] == scope["cascade"]["model"] and response.text == f"The answer is ({scope['cascade']['answer']})."
+    assert scope["cascade"]["stop_reason"] and scope["cascade"]["calls"] == len(steps)
+    assert (
+        scope["model"] == scope["cascade"]["model"]
+        and response.text == f"The answer is ({scope['cascade']['answer']})."
+    )
     assert engine.ledger is not None and engine.ledger.held == pytest.approx(0.0)
     assert engine.ledger.spent == pytest.approx(sum(s["cost"] for s in steps))
 
@@ -110,6 +103,17 @@ def test_a_failing_llm_is_released_and_the_plan_goes_on() -> None:
     assert models["small"].calls == 1 and [s["model"] for s in failed] == ["small"]
     assert "this model is down" in failed[0]["error"] and failed[0]["call_id"] is None
     assert response.additional_kwargs["scope"]["model"] != "small"
+    assert engine.ledger is not None and engine.ledger.held == pytest.approx(0.0)
+
+
+async def test_a_failing_llm_is_released_and_the_plan_goes_on_async() -> None:
+    engine = make_engine(budget=1.0)
+    models = llms()
+    models["small"].fail = True
+    response = await scope_llm(engine, models, max_calls=3).acomplete(Q_CAPITAL)
+    failed = [s for s in _steps(response) if s["error"]]
+    assert models["small"].calls == 1 and [s["model"] for s in failed] == ["small"]
+    assert failed[0]["call_id"] is None and response.additional_kwargs["scope"]["model"] != "small"
     assert engine.ledger is not None and engine.ledger.held == pytest.approx(0.0)
 
 
