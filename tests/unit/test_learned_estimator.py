@@ -613,3 +613,25 @@ def test_a_sparsely_profiled_model_is_not_estimated_from_its_few_own_neighbours(
 def test_min_own_coverage_is_a_share() -> None:
     with pytest.raises(ConfigError, match="min_own_coverage"):
         LearnedEstimator(min_own_coverage=1.5)
+
+
+def test_exit_waits_for_a_background_fit_in_progress(
+    store: AnchorStore, cards: list[ModelCard], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scope_shared.estimators.learned import estimator as module
+
+    gate = threading.Event()
+    real_export = store.export
+
+    def slow_export() -> object:
+        gate.wait(5)
+        return real_export()
+
+    monkeypatch.setattr(store, "export", slow_export)
+    est = LearnedEstimator(k=5, min_fit_pairs=10, persist=False)
+    ScopeEngine(store=store, models=cards, estimator=est, k=5)
+    thread = est._thread  # noqa: SLF001 - the fit the exit hook must wait for
+    assert thread is not None and thread.is_alive()
+    threading.Timer(0.3, gate.set).start()
+    module._join_fits()  # what atexit runs: a daemon thread in native code at finalization can crash the process
+    assert not thread.is_alive() and est.fitted

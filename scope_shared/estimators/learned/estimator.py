@@ -9,12 +9,14 @@ degraded. :meth:`~LearnedEstimator.wait_ready` waits for the fit; :meth:`~Learne
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -280,6 +282,7 @@ class LearnedEstimator(Estimator):
             target = self._first_fit if first else self._refit
             self._thread = threading.Thread(target=target, args=(store,), name="scope-learned-fit", daemon=True)
             self._thread.start()
+            _join_at_exit(self._thread)
             return True
 
     def _first_fit(self, store: AnchorSource) -> None:
@@ -402,3 +405,29 @@ class LearnedEstimator(Estimator):
             evidence=self.evidence,
             min_own_coverage=self.min_own_coverage,
         )
+
+
+#: How long the interpreter's exit waits for a fit in progress (a daemon thread inside Chroma's or numpy's native
+#: code while the interpreter finalizes can crash the process, e.g. on SIGTERM while a store is being fitted).
+EXIT_JOIN_S = 10.0
+_FITS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+_FITS_LOCK = threading.Lock()
+_hooked = False
+
+
+def _join_at_exit(thread: threading.Thread) -> None:
+    global _hooked
+    with _FITS_LOCK:
+        if not _hooked:
+            atexit.register(_join_fits)
+            _hooked = True
+        _FITS.add(thread)
+
+
+def _join_fits() -> None:
+    """At exit: wait (at most ``EXIT_JOIN_S`` in all) for the background fits still running."""
+    deadline = time.monotonic() + EXIT_JOIN_S
+    with _FITS_LOCK:
+        threads = list(_FITS)
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0.0))
