@@ -133,8 +133,19 @@ def ms(values: Sequence[float], q: float | None = None) -> str:
     return f"{1000 * v:.1f}"
 
 
+#: The issue's goals: a cascade lift over singles on routerbench-zs, and the best single model's accuracy at a
+#: share of its cost on at least one dataset.
+GOAL_LIFT = ("routerbench-zs", 0.03)
+GOAL_COST = 0.5
+
+
 def run(
-    data: Path, settings: Sequence[tuple[int, int, int]], factors: Sequence[int], k: int, n_latency: int
+    data: Path,
+    settings: Sequence[tuple[int, int, int]],
+    factors: Sequence[int],
+    k: int,
+    n_latency: int,
+    found: dict[str, list[tuple[float | None, float | None]]] | None = None,
 ) -> list[str]:
     name = data.name
     t0 = time.perf_counter()
@@ -206,6 +217,8 @@ def run(
             best_cost = report["best_single"]["cost"]
             near = [pt for pt in r["curve"] if pt["cost"] <= best_cost + 1e-15]
             calls_at = max(near, key=lambda pt: pt["accuracy"])["calls"] if near else None
+            if found is not None:
+                found.setdefault(name, []).append((r["lift_over_singles"], r["cost_to_match_best_single"]))
             table.append(
                 f"| cascade | {calls} calls, depth {depth}, {cands} candidates, {f} factor(s) | {fmt(r['aiq'])} | "
                 f"{fmt(r['lift_over_singles'], '+.4f')} | {fmt(r['acc_at_best_single_cost'], '.3f')} | "
@@ -277,9 +290,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{len(DEFAULT_VALUES)} settings; costs are recorded tokens x prices of every model called).",
         "",
     ]
+    found: dict[str, list[tuple[float | None, float | None]]] = {}
     for ds in [d for d in args.datasets.split(",") if d]:
-        lines += run(Path(args.data) / ds, settings, args.factors, args.k, args.latency_queries)  # type: ignore[arg-type]
-    return emit(lines, args.out)
+        lines += run(Path(args.data) / ds, settings, args.factors, args.k, args.latency_queries, found)  # type: ignore[arg-type]
+    return emit(lines + goals(found), args.out)
+
+
+def goals(found: Mapping[str, Sequence[tuple[float | None, float | None]]]) -> list[str]:
+    """The issue's two goals against the best cascade setting measured (a line each: the figure, met or not)."""
+    out = ["Goals (best setting measured):"]
+    ds, target = GOAL_LIFT
+    lifts = [lift for lift, _ in found.get(ds, []) if lift is not None]
+    if lifts:
+        verdict = "met" if max(lifts) >= target else "not met"
+        out.append(f"- cascade lift_over_singles >= +{target:.2f} on {ds}: {max(lifts):+.4f} ({verdict})")
+    costs = {name: min(c for _, c in rows if c is not None) for name, rows in found.items() if any(c for _, c in rows)}
+    shown = ", ".join(f"{name} {c:.2f}x" for name, c in costs.items()) or "never"
+    verdict = "met" if any(c <= GOAL_COST for c in costs.values()) else "not met"
+    out.append(f"- the best single model's accuracy at <= {GOAL_COST}x its cost on a dataset: {shown} ({verdict})")
+    return out
 
 
 if __name__ == "__main__":
