@@ -42,12 +42,7 @@ def open_store(args: argparse.Namespace, *, must_exist: bool = False, embedder: 
                 "(or OUTCOMES_FILE)"
             )
             raise ConfigError(msg)
-    token = None
-    if args.chroma_token_env:
-        token = os.environ.get(args.chroma_token_env)
-        if not token:
-            msg = f"environment variable {args.chroma_token_env} is not set"
-            raise ConfigError(msg)
+    token = secret_from_env(args.chroma_token_env, "--chroma-token-env")
     return AnchorStore(
         path=args.store if not args.chroma_host else None,
         host=args.chroma_host,
@@ -60,6 +55,17 @@ def open_store(args: argparse.Namespace, *, must_exist: bool = False, embedder: 
         embedder=embedder if embedder is not None else make_embedder(args.embedder),
         hnsw={"ef_search": args.ef_search} if args.ef_search is not None else None,
     )
+
+
+def secret_from_env(var: str | None, flag: str) -> str | None:
+    """The value of environment variable ``var`` (named by option ``flag``); None when no variable is named."""
+    if not var:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        msg = f"environment variable {var} ({flag}) is not set"
+        raise ConfigError(msg)
+    return value
 
 
 def suite_embedder(suite: Any, name: str) -> Any:

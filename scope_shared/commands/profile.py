@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from scope_shared.commands._common import echo, open_store, suite_embedder
+from scope_shared.commands._common import echo, open_store, secret_from_env, suite_embedder
 from scope_shared.errors import ConfigError
 
 __all__ = ["cmd_profile"]
@@ -56,12 +55,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     system, template = _template(args.template)
     if system and template is None:  # a system message changes the setup: the report says templated
         template = "{prompt}"
-    api_key = None
-    if args.api_key_env:
-        api_key = os.environ.get(args.api_key_env)
-        if not api_key:
-            msg = f"environment variable {args.api_key_env} (--api-key-env) is not set"
-            raise ConfigError(msg)
+    api_key = secret_from_env(args.api_key_env, "--api-key-env")
     suite = load_suite(args.suite)
     store = open_store(args, must_exist=True, embedder=suite_embedder(suite, args.embedder))
     call = OpenAIChatCall(
