@@ -54,7 +54,7 @@ def test_errors_are_one_line(files: dict[str, Path], capsys: pytest.CaptureFixtu
 def test_chroma_token_comes_from_env(files: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NO_SUCH_TOKEN_VAR", raising=False)
     code = main(["ingest", "--chroma-host", "127.0.0.1", "--chroma-token-env", "NO_SUCH_TOKEN_VAR", "--embedder", "hashing", str(files["anchors"])])
-    assert code == 2 and "NO_SUCH_TOKEN_VAR is not set" in capsys.readouterr().err
+    assert code == 2 and "NO_SUCH_TOKEN_VAR (--chroma-token-env) is not set" in capsys.readouterr().err
 
 
 def test_evaluate_writes_json_and_plot(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
