@@ -12,6 +12,11 @@ from scope_shared.commands._common import echo, make_embedder, routing_kwargs
 __all__ = ["cmd_evaluate", "evaluation_lines"]
 
 
+def _times(x: float | None) -> str:
+    """A cost ratio (``0.996x``), or ``never`` when the router never reaches the best single model's accuracy."""
+    return "never" if x is None else f"{x:.3f}x"
+
+
 def evaluation_lines(report: dict[str, Any]) -> list[str]:
     est, rt = report["estimation"], report["routing"]
 
@@ -25,7 +30,7 @@ def evaluation_lines(report: dict[str, Any]) -> list[str]:
         f"brier={fmt(est['brier'])} ece={fmt(est['ece'])} length_log_mae={fmt(est['length_log_mae'])}",
         f"routing: best single {rt['best_single']['model']} acc={rt['best_single']['accuracy']:.3f} "
         f"cost=${rt['best_single']['cost']:.6f}; router acc at its cost={fmt(rt['router_acc_at_best_single_cost'])}; "
-        f"cost to match it={fmt(rt['router_cost_to_match_best_single'])}x; max acc={fmt(rt['router_max_accuracy'])}; "
+        f"cost to match it={_times(rt['router_cost_to_match_best_single'])}; max acc={fmt(rt['router_max_accuracy'])}; "
         f"aiq={fmt(rt['aiq'])}",
         f"lift over mixing single models: router aiq {fmt(rt['aiq'])} - singles' hull aiq {fmt(rt['hull_aiq'])} = "
         f"{'n/a' if rt['lift_over_singles'] is None else format(rt['lift_over_singles'], '+.3f')}",

@@ -122,3 +122,20 @@ def test_a_read_only_store_is_a_one_line_error(files: dict[str, Path], capsys: p
             assert err.count("\n") == 1 and "read-only here" in err
     finally:
         subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+def test_evaluation_lines_say_never_when_the_router_never_matches_the_best_single() -> None:
+    from scope_shared.commands.evaluate import evaluation_lines
+
+    routing = {
+        "pool": ["a", "b"], "best_single": {"model": "a", "accuracy": 0.9, "cost": 0.001},
+        "router_acc_at_best_single_cost": 0.88, "router_cost_to_match_best_single": None,
+        "router_max_accuracy": 0.88, "aiq": 0.85, "hull_aiq": 0.84, "lift_over_singles": 0.01,
+    }  # fmt: skip
+    estimation = {k: 0.5 for k in ("auroc_within_model", "auroc_pooled", "brier", "ece", "length_log_mae")}
+    report = {"estimator": "learned", "embedder": "e", "anchors": 1, "test_queries": 1, "estimation": estimation,
+              "routing": routing}  # fmt: skip
+    text = "\n".join(evaluation_lines(report))
+    assert "cost to match it=never;" in text
+    routing["router_cost_to_match_best_single"] = 0.5
+    assert "cost to match it=0.500x;" in "\n".join(evaluation_lines(report))
