@@ -7,6 +7,7 @@ Sweeping ``value_per_correct`` traces the router's accuracy/cost curve.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import defaultdict
@@ -353,35 +354,63 @@ def _escalated_share(estimates: Mapping[str, Mapping[str, Estimate]]) -> float |
 
 def plot_report(report: Mapping[str, Any], path: str | Path, *, title: str = "") -> Path:
     """Plot the router's accuracy/cost curve, each single model, their convex hull (what mixing them reaches)
-    and the oracle; returns the path."""
+    and the oracle; returns the path. A report with a ``cascade`` section (``evaluate --cascade``) also gets
+    ``<name>_cascade.png`` beside it: the pre-hoc router and the cascade on the queries the cascade replays."""
+    routing = report["routing"]
+    out = _plot(
+        [("scope-router", routing["curve"], routing["lift_over_singles"])],
+        routing,
+        path,
+        title or f"{report.get('estimator', '')} estimator, {routing['queries']} held-out queries",
+    )
+    cascade = report.get("cascade")
+    if cascade:
+        prehoc, steps = cascade["prehoc"], cascade["cascade"]
+        _plot(
+            [
+                ("pre-hoc router", prehoc["curve"], prehoc["lift_over_singles"]),
+                ("cascade", steps["curve"], steps["lift_over_singles"]),
+            ],
+            cascade,
+            out.with_name(f"{out.stem}_cascade{out.suffix}"),
+            f"cascade and pre-hoc router, {cascade['queries']} queries with recorded responses",
+        )
+    return out
+
+
+def _plot(
+    curves: Sequence[tuple[str, Sequence[Mapping[str, float]], float | None]],
+    field: Mapping[str, Any],
+    path: str | Path,
+    title: str,
+) -> Path:
+    """Curves (label, points, lift over singles) over ``field``'s single models, their hull and the oracle."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    routing = report["routing"]
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    curve = sorted(routing["curve"], key=lambda pt: pt["cost"])
-    ax.plot([pt["cost"] for pt in curve], [pt["accuracy"] for pt in curve], "-o", ms=3, label="scope-router")
-    for name, s in routing["singles"].items():
+    for label, points, lift in curves:
+        curve = sorted(points, key=lambda pt: pt["cost"])
+        lifted = f" (lift over mixing {lift:+.3f} AIQ)" if lift is not None else ""
+        ax.plot([pt["cost"] for pt in curve], [pt["accuracy"] for pt in curve], "-o", ms=3, label=label + lifted)
+    for name, s in field["singles"].items():
         ax.scatter(s["cost"], s["accuracy"], marker="s", s=25)
-        label = name.split("/")[-1]
-        ax.annotate(label, (s["cost"], s["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    hull = routing.get("singles_hull") or []
+        xy = (s["cost"], s["accuracy"])
+        ax.annotate(name.split("/")[-1], xy, fontsize=7, xytext=(3, 3), textcoords="offset points")
+    hull = field.get("singles_hull") or []
     if len(hull) > 1:
-        ax.plot(
-            [v["cost"] for v in hull],
-            [v["accuracy"] for v in hull],
-            "--",
-            c="grey",
-            label=f"mixing single models (lift over it {routing['lift_over_singles']:+.3f} AIQ)",
-        )
-    oracle = routing["oracle"]
+        t = np.linspace(0.0, 1.0, 50)  # mixtures are linear in cost: drawn as curves on the log axis
+        xs = np.concatenate([u["cost"] + t * (v["cost"] - u["cost"]) for u, v in itertools.pairwise(hull)])
+        ys = np.concatenate([u["accuracy"] + t * (v["accuracy"] - u["accuracy"]) for u, v in itertools.pairwise(hull)])
+        ax.plot(xs, ys, "--", c="grey", label="mixing single models (their convex hull)")
+    oracle = field["oracle"]
     ax.scatter(oracle["cost"], oracle["accuracy"], marker="*", s=150, c="gold", edgecolors="k", label="oracle")
     ax.set_xscale("log")
     ax.set_xlabel("mean cost per query (USD, log scale)")
     ax.set_ylabel("accuracy")
-    ax.set_title(title or f"{report.get('estimator', '')} estimator, {routing['queries']} held-out queries")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     out = Path(path)

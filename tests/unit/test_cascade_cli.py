@@ -77,7 +77,8 @@ def evaluate(folder: Path, *extra: str) -> int:
 def test_evaluate_cascade_reports_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_dataset(tmp_path)
     out_json = tmp_path / "report.json"
-    code = evaluate(tmp_path, "--cascade-max-calls", "3", "--json", str(out_json))
+    plot = tmp_path / "curve.png"
+    code = evaluate(tmp_path, "--cascade-max-calls", "3", "--json", str(out_json), "--plot", str(plot))
     out = capsys.readouterr().out
     assert code == 0, out
     assert "side by side on 24 test queries" in out
@@ -92,6 +93,8 @@ def test_evaluate_cascade_reports_side_by_side(tmp_path: Path, capsys: pytest.Ca
     assert report["cascade"]["lift_over_singles"] == pytest.approx(
         report["cascade"]["aiq"] - report["cascade"]["hull_aiq"]
     )
+    for png in (plot, tmp_path / "curve_cascade.png"):  # the router's plot, and the cascade's beside it
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_evaluate_cascade_needs_the_recorded_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
