@@ -12,7 +12,7 @@ from typing import Any
 
 from scope_shared.errors import ConfigError
 
-__all__ = ["echo", "fmt_value", "make_embedder", "open_store", "routing_kwargs", "suite_embedder"]
+__all__ = ["echo", "fmt_value", "make_embedder", "open_store", "routing_kwargs", "secret_from_env", "suite_embedder"]
 
 logger = logging.getLogger(__name__)
 
