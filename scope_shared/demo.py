@@ -112,10 +112,7 @@ def without_models(suite: AnchorSuite, models: Iterable[str]) -> AnchorSuite:
 
 def suite_store(suite: AnchorSuite, inner: Embedder, **store_options: Any) -> AnchorStore:
     """A store seeded with ``suite``: from its vectors when ``inner`` computed them, else embedded by ``inner``."""
-    embedder: Any = suite.embedder(inner) if suite.vector_embedder == inner.name else inner
-    if embedder is inner:
-        logger.info("suite %r holds no vectors of %s: its questions are embedded", suite.name, inner.name)
-    store = AnchorStore(embedder=embedder, **store_options)
+    store = AnchorStore(embedder=suite.embedder_or(inner), **store_options)
     seed_store(store, suite, progress=False)
     return store
 

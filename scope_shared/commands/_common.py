@@ -70,11 +70,7 @@ def secret_from_env(var: str | None, flag: str) -> str | None:
 
 def suite_embedder(suite: Any, name: str) -> Any:
     """The suite's precomputed vectors over embedder ``name`` when it holds that embedder's; else the embedder."""
-    inner = make_embedder(name)
-    if suite.vector_embedder != inner.name:
-        logger.info("suite %r holds no vectors of %s: its questions are embedded", suite.name, inner.name)
-        return inner
-    return suite.embedder(inner)
+    return suite.embedder_or(make_embedder(name))
 
 
 def routing_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -317,6 +317,15 @@ class AnchorSuite:
         table = {text_key(transform(q.query, self._tail)): self._vectors[i] for i, q in enumerate(self._questions)}
         return SuiteEmbedder(vectors=table, inner=emb, dim=int(self._vectors.shape[1]))
 
+    def embedder_or(self, inner: Any) -> Any:
+        """:meth:`embedder` when the suite holds ``inner``'s vectors, else ``inner`` itself (logged: the
+        suite's questions are then embedded)."""
+        emb = as_embedder(inner)
+        if self._vectors is not None and self._embedder_name == emb.name:
+            return self.embedder(emb)
+        logger.info("suite %r holds no vectors of %s: its questions are embedded", self._name, emb.name)
+        return emb
+
     # -- writing ------------------------------------------------------------------------------------------
 
     def save(self, folder: str | Path, *, notice: str | None = None) -> Path:
