@@ -3,21 +3,15 @@
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scope_shared.errors import DataError
+from scope_shared.data import read_rows, reading
 from scope_shared.suites.graders import Grader, grader_named
 from scope_shared.types import NO_ANSWER, Outcome
 
 __all__ = ["RecordedAnswers", "Reference", "with_answers"]
-
-_FIELD_LIMIT = 50_000_000
-
 
 @dataclass(frozen=True)
 class Reference:
@@ -26,16 +20,6 @@ class Reference:
     task: str
     reference: str
     kind: str
-
-
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        msg = f"{path}: no such file"
-        raise DataError(msg)
-    csv.field_size_limit(_FIELD_LIMIT)
-    opener = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
-    with io.TextIOWrapper(opener, encoding="utf-8-sig", newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 class RecordedAnswers:
@@ -68,19 +52,13 @@ class RecordedAnswers:
         """Read ``responses.csv.gz`` (query_id, model, response) and ``references.csv.gz`` (query_id, task,
         reference, grader); every value is text, ``NA`` and empty strings included."""
         resp: dict[tuple[str, str], str] = {}
-        for i, row in enumerate(_csv_rows(Path(responses))):
-            try:
+        with reading(Path(responses)):
+            for _, row in read_rows(Path(responses), required=("query_id", "model", "response")):
                 resp[(row["query_id"], row["model"])] = row["response"]
-            except KeyError as exc:
-                msg = f"{responses}: row {i + 1} lacks column {exc}; need query_id, model, response"
-                raise DataError(msg) from None
         refs: dict[str, Reference] = {}
-        for i, row in enumerate(_csv_rows(Path(references))):
-            try:
+        with reading(Path(references)):
+            for _, row in read_rows(Path(references), required=("query_id", "task", "reference", "grader")):
                 refs[row["query_id"]] = Reference(task=row["task"], reference=row["reference"], kind=row["grader"])
-            except KeyError as exc:
-                msg = f"{references}: row {i + 1} lacks column {exc}; need query_id, task, reference, grader"
-                raise DataError(msg) from None
         return cls(responses=resp, references=refs, graders=graders)
 
     def grader(self, kind: str) -> Grader:
