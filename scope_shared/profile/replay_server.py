@@ -20,8 +20,6 @@ Stdlib ``ThreadingHTTPServer`` on 127.0.0.1, in a daemon thread; :meth:`ReplaySe
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import json
 import random
 import socket
@@ -36,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, NamedTuple
 
+from scope_shared.data import read_rows, reading
 from scope_shared.suites import AnchorSuite, load_suite
 
 __all__ = ["Mode", "Recorded", "ReplayServer", "Reply", "free_port", "load_recorded"]
@@ -54,10 +53,10 @@ class Recorded:
     correct: float
 
 
-def _rows(path: Path) -> Iterator[dict[str, str]]:
-    with gzip.open(path, "rt", encoding="utf-8", newline="") as fh:
-        csv.field_size_limit(1 << 30)
-        yield from csv.DictReader(fh)
+def _rows(path: Path, *columns: str) -> Iterator[Mapping[str, Any]]:
+    with reading(path):
+        for _, row in read_rows(path, required=columns):
+            yield row
 
 
 def _int(value: str) -> int | None:
@@ -85,11 +84,12 @@ def load_recorded(suite: AnchorSuite, model: str, data: str | Path) -> dict[str,
         folder = data / source
         if not (folder / "responses.csv.gz").is_file():
             continue
-        responses = {r["query_id"]: r["response"] for r in _rows(folder / "responses.csv.gz") if r["model"] == model}
+        rows = _rows(folder / "responses.csv.gz", "query_id", "model", "response")
+        responses = {r["query_id"]: r["response"] for r in rows if r["model"] == model}
         for name in ("anchors.csv.gz", "test.csv.gz"):
             if not (folder / name).is_file():
                 continue
-            for row in _rows(folder / name):
+            for row in _rows(folder / name, "query_id", "model", "input_tokens", "output_tokens"):
                 if row["model"] != model or row["query_id"] not in ids or row["query_id"] not in responses:
                     continue
                 q = suite[ids[row["query_id"]]]
