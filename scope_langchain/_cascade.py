@@ -25,7 +25,9 @@ from tenacity import AsyncRetrying, Retrying
 
 from scope_langchain._dispatch import Dispatcher, Prepared
 from scope_langchain._messages import as_message, message_text, usage_of
-from scope_langchain._metadata import _json_safe, with_scope
+from scope_langchain._metadata import _json_safe, scope_metadata, with_scope
+from scope_langchain._redact import redact
+from scope_langchain._retry import Failure
 from scope_shared.cascade import CascadeDriver, CascadePlan, CascadeResult, CascadeStep, Reply
 
 #: A step's call: the model, its child run's id and config.
@@ -75,18 +77,15 @@ def _driver(d: Dispatcher, p: Prepared, config: RunnableConfig, plan: CascadePla
 def _returned(driver: Driver, result: CascadeResult, answer: Answer) -> BaseMessage:
     """The message of the answer the plan returns, with every step in its scope metadata."""
     run_id, message = answer
-    meta: dict[str, Any] = _json_safe(driver.plan.decision.summary())
     summary = result.summary()
     for s in summary["steps"]:
         done = driver.replies.get(s["model"])
         s["run_id"] = str(done[0]) if done is not None and not s["error"] else None
-    meta.update(
-        model=result.model,
-        run_id=str(run_id),
-        failed=[{"model": m, "error": f"{type(e).__name__}: {e}"} for m, e in driver.errors],
-        actual_cost=result.cost,
-        cascade=_json_safe(summary),
-    )
+        if s["error"]:
+            s["error"] = redact(s["error"])
+    failures = [Failure(m, e) for m, e in driver.errors]
+    meta = scope_metadata(driver.plan.decision, run_id, failures, result.cost)
+    meta.update(model=result.model, actual_cost=result.cost, cascade=_json_safe(summary))
     return with_scope(message, meta)
 
 

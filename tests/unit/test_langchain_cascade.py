@@ -86,6 +86,17 @@ def test_a_failing_model_is_released_and_reported() -> None:
     assert engine.ledger is not None and engine.ledger.held == pytest.approx(0.0)
 
 
+def test_a_failing_steps_credentials_are_masked_like_a_routed_calls() -> None:
+    secret = "sk-proj-Abc123Def456Ghi789"
+    fakes = models(cheap=ValueError(f"401 for key {secret}"))
+    engine = make_engine()
+    router = ScopeRouter(engine=engine, models=fakes, value_per_correct=None, cascade=cascade(max_calls=3), retries=0)
+    scope = router.invoke(TRIVIA_Q).response_metadata["scope"]
+    step = next(s for s in scope["cascade"]["steps"] if s["error"])
+    assert "401 for key" in scope["failed"][0]["error"] and "401 for key" in step["error"]
+    assert secret not in str(scope)
+
+
 async def test_a_failing_model_is_released_and_reported_async() -> None:
     engine = make_engine(budget=Budget(limit=1.0))
     fakes = models(cheap=ValueError("cheap is down"))
