@@ -176,7 +176,6 @@ class AnchorStore:
             self._side, count=self.count, scan=self.iter_metadata, read=self._metadata_by_id, ttl=stats_ttl
         )
         self._batch_size = batch_size
-        self._stats_ttl = stats_ttl
         self._cache = RecordCache(size=record_cache, ttl=stats_ttl)
         self._lock = threading.RLock()
         self._writes = 0
